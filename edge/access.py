@@ -1,0 +1,108 @@
+"""Access decisions: may this badge open that compartment, and why (not).
+
+Pure policy, no I/O: :meth:`AccessPolicy.decide` takes a scan and the time and returns a
+:class:`Decision` whose :class:`Reason` is a stable code carried in the audit event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from edge.config import CompartmentConfig, TrustConfig
+from firmware_bridge.badge_reader import BadgeScan
+from provisioning.badges import Badge, BadgeVerifier
+from provisioning.errors import TokenFault, TokenRejected
+from provisioning.keys import public_key_from_b64
+
+
+class Reason(StrEnum):
+    """Why access was granted or denied; values are stable event fields."""
+
+    GRANTED = "granted"
+    UNKNOWN_COMPARTMENT = "unknown_compartment"
+    MALFORMED = "malformed"
+    BAD_ALGORITHM = "bad_algorithm"
+    WRONG_TYPE = "wrong_type"
+    UNKNOWN_KEY = "unknown_key"
+    BAD_SIGNATURE = "bad_signature"
+    WRONG_SITE = "wrong_site"
+    MISSING_CLAIM = "missing_claim"
+    BAD_CLAIMS = "bad_claims"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    NOT_GRANTED = "not_granted"
+    MISSING_SKILL = "missing_skill"
+
+
+_FAULT_REASONS: Mapping[TokenFault, Reason] = {
+    TokenFault.MALFORMED: Reason.MALFORMED,
+    TokenFault.BAD_ALGORITHM: Reason.BAD_ALGORITHM,
+    TokenFault.WRONG_TYPE: Reason.WRONG_TYPE,
+    TokenFault.UNKNOWN_KEY: Reason.UNKNOWN_KEY,
+    TokenFault.BAD_SIGNATURE: Reason.BAD_SIGNATURE,
+    TokenFault.WRONG_AUDIENCE: Reason.WRONG_SITE,
+    TokenFault.MISSING_CLAIM: Reason.MISSING_CLAIM,
+    TokenFault.BAD_CLAIMS: Reason.BAD_CLAIMS,
+    TokenFault.EXPIRED: Reason.EXPIRED,
+    TokenFault.NOT_YET_VALID: Reason.NOT_YET_VALID,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one scan. ``badge`` is set when the badge itself verified."""
+
+    compartment: str
+    reason: Reason
+    badge: Badge | None = None
+    missing_skills: tuple[str, ...] = ()
+
+    @property
+    def granted(self) -> bool:
+        return self.reason is Reason.GRANTED
+
+    def to_event(self) -> dict[str, object]:
+        """The audit event recording this decision."""
+        event: dict[str, object] = {
+            "type": "access.granted" if self.granted else "access.denied",
+            "compartment": self.compartment,
+            "reason": self.reason.value,
+        }
+        if self.badge is not None:
+            event["member"] = self.badge.member
+            event["badge_id"] = self.badge.badge_id
+        if self.missing_skills:
+            event["missing_skills"] = list(self.missing_skills)
+        return event
+
+
+class AccessPolicy:
+    """Decides scans for one site from its trusted issuers and compartment policies."""
+
+    def __init__(
+        self, site: str, trust: TrustConfig, compartments: tuple[CompartmentConfig, ...]
+    ) -> None:
+        keys = {issuer.kid: public_key_from_b64(issuer.public_key) for issuer in trust.issuers}
+        self._verifier = BadgeVerifier(keys, site=site, leeway_s=trust.leeway_s)
+        self._compartments = {c.id: c for c in compartments}
+
+    def decide(self, scan: BadgeScan, *, now: float) -> Decision:
+        """Verify the badge in ``scan`` and check it against the compartment's policy."""
+        compartment = self._compartments.get(scan.compartment)
+        if compartment is None:
+            return Decision(scan.compartment, Reason.UNKNOWN_COMPARTMENT)
+        try:
+            badge = self._verifier.verify(scan.credential, now=now)
+        except TokenRejected as exc:
+            return Decision(compartment.id, _FAULT_REASONS[exc.fault])
+        granted = compartment.id in badge.compartments or (
+            compartment.group is not None and compartment.group in badge.groups
+        )
+        if not granted:
+            return Decision(compartment.id, Reason.NOT_GRANTED, badge)
+        missing = tuple(s for s in compartment.skills if s not in badge.skills)
+        if missing:
+            return Decision(compartment.id, Reason.MISSING_SKILL, badge, missing)
+        return Decision(compartment.id, Reason.GRANTED, badge)

@@ -1,0 +1,193 @@
+"""The composition root: builds every part from the configuration and runs them.
+
+One ``asyncio.TaskGroup`` with named tasks: ``link`` (broker connection), ``forwarder``
+(outbox to broker), ``reader`` (badge scans to decisions to unlocks) and ``doors`` (door
+sensor changes to events). A scan's decision is appended to the outbox, and so durable,
+before :meth:`LockerBank.unlock` energises anything (write-ahead audit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from edge import __version__
+from edge.access import AccessPolicy
+from edge.config import SiteConfig
+from edge.forwarder import Forwarder
+from edge.gpio import build_pin_factory
+from edge.link import LinkState, MqttLink, backoff_delay
+from edge.lockers import LockerBank
+from edge.outbox import EventClass, Outbox, StoredEvent
+from edge.topics import DeviceTopics
+from firmware_bridge.badge_reader import BadgeReaderDecoder, BadgeScan, GarbageLine
+from firmware_bridge.serial_port import AsyncSerialPort, SerialPortClosed, SerialPortError
+
+log = logging.getLogger(__name__)
+
+EventObserver = Callable[[StoredEvent], None]
+
+
+@dataclass
+class AgentStats:
+    """Counters for the live view and the ``state`` snapshot."""
+
+    scans: int = 0
+    garbage_lines: int = 0
+    unlocks: int = 0
+
+
+class _StopRequested(Exception):
+    """Raised inside the task group to end it when the stop event is set."""
+
+
+class Agent:
+    """The Curbside agent for one site configuration.
+
+    ``pin_factory`` overrides the configured one (the simulators pass the MockFactory
+    whose pins they drive); ``observer`` is called with every event once it is durable.
+    """
+
+    def __init__(
+        self,
+        config: SiteConfig,
+        *,
+        pin_factory: Any = None,
+        observer: EventObserver | None = None,
+    ) -> None:
+        self.config = config
+        self.boot_id = uuid.uuid4().hex[:12]
+        self.topics = DeviceTopics(config.device.site, config.device.id)
+        self.stats = AgentStats()
+        self.outbox = Outbox(config.storage.path)
+        self.link = MqttLink(
+            config.mqtt, self.topics, boot_id=self.boot_id, on_state=self._on_link_state
+        )
+        self.forwarder = Forwarder(self.outbox, self.link, self.topics)
+        self._policy = AccessPolicy(config.device.site, config.trust, config.compartments)
+        self._pin_factory = pin_factory
+        self._observer = observer
+        self._lockers: LockerBank | None = None
+        self._doors: asyncio.Queue[tuple[str, bool, float]] = asyncio.Queue()
+        self._link_changes: asyncio.Queue[tuple[LinkState, str, float]] = asyncio.Queue()
+        self.running = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; outputs are off and the database closed on return."""
+        pin_factory = self._pin_factory or build_pin_factory(self.config.hardware)
+        async with self.outbox:
+            self._lockers = LockerBank(self.config.compartments, pin_factory)
+            try:
+                await self._start(self._lockers)
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self.link.run(), name="link")
+                        tg.create_task(self.forwarder.run(), name="forwarder")
+                        tg.create_task(self._read_badges(self._lockers), name="reader")
+                        tg.create_task(self._record_doors(), name="doors")
+                        tg.create_task(self._record_link(), name="link-events")
+                        tg.create_task(_raise_when_set(stop), name="stop")
+                except* _StopRequested:
+                    log.info("stopping")
+            finally:
+                self._lockers.close()
+                self.running.clear()
+
+    async def _start(self, lockers: LockerBank) -> None:
+        doors = lockers.door_states()
+        lockers.watch_doors(asyncio.get_running_loop(), self._door_changed)
+        await self._record(
+            "agent.started",
+            {"boot_id": self.boot_id, "version": __version__,
+             "doors": {cid: "closed" if closed else "open" for cid, closed in doors.items()}},
+            EventClass.STATE,
+        )
+        self.running.set()
+
+    async def _record(
+        self, event_type: str, fields: dict[str, Any], event_class: EventClass,
+        ts: float | None = None,
+    ) -> StoredEvent:
+        stored = await self.outbox.append(event_type, fields, event_class=event_class, ts=ts)
+        if self._observer is not None:
+            self._observer(stored)
+        return stored
+
+    async def handle_scan(self, scan: BadgeScan, lockers: LockerBank) -> None:
+        """Decide a scan, make the decision durable, then (if granted) unlock."""
+        self.stats.scans += 1
+        decision = self._policy.decide(scan, now=time.time())
+        event = decision.to_event()
+        event_type = str(event.pop("type"))
+        await self._record(event_type, event, EventClass.AUDIT)  # durable before the coil
+        log.info("%s %s: %s", event_type, decision.compartment, decision.reason.value)
+        if decision.granted:
+            pulse_s = await lockers.unlock(decision.compartment)
+            self.stats.unlocks += 1
+            await self._record(
+                "locker.pulsed",
+                {"compartment": decision.compartment, "pulse_ms": round(pulse_s * 1000)},
+                EventClass.STATE,
+            )
+
+    async def _read_badges(self, lockers: LockerBank) -> None:
+        url = self.config.reader.url
+        attempt = 0
+        while True:
+            decoder = BadgeReaderDecoder()
+            try:
+                async with AsyncSerialPort(url, baudrate=self.config.reader.baudrate) as port:
+                    attempt = 0
+                    log.info("badge reader open on %s", url)
+                    async for chunk in port:
+                        for message in decoder.feed(chunk):
+                            await self._on_reader_message(message, lockers)
+            except (SerialPortError, SerialPortClosed) as exc:
+                delay = backoff_delay(attempt, 0.5, 30.0)
+                attempt += 1
+                log.warning("badge reader %s: %s; retry in %.1fs", url, exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _on_reader_message(
+        self, message: BadgeScan | GarbageLine, lockers: LockerBank
+    ) -> None:
+        if isinstance(message, GarbageLine):
+            self.stats.garbage_lines += 1
+            log.warning("badge reader sent garbage (%s): %r", message.kind.value, message.sample)
+            return
+        await self.handle_scan(message, lockers)
+
+    def _door_changed(self, compartment: str, closed: bool) -> None:
+        self._doors.put_nowait((compartment, closed, time.time()))
+
+    async def _record_doors(self) -> None:
+        while True:
+            compartment, closed, ts = await self._doors.get()
+            await self._record(
+                "door.closed" if closed else "door.opened",
+                {"compartment": compartment}, EventClass.STATE, ts,
+            )
+
+    def _on_link_state(self, state: LinkState, detail: str) -> None:
+        self._link_changes.put_nowait((state, detail, time.time()))
+
+    async def _record_link(self) -> None:
+        """Record link.up on connect and link.down when an up link is lost (not every retry)."""
+        was_up = False
+        while True:
+            state, detail, ts = await self._link_changes.get()
+            is_up = state is LinkState.UP
+            if is_up != was_up and state is not LinkState.CONNECTING:
+                fields = {"detail": detail} if detail else {}
+                await self._record(f"link.{state.value}", fields, EventClass.STATE, ts)
+                was_up = is_up
+
+
+async def _raise_when_set(stop: asyncio.Event) -> None:
+    await stop.wait()
+    raise _StopRequested

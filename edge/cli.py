@@ -1,0 +1,148 @@
+"""The ``curbside`` command line: run the agent, check a config, issue keys and badges.
+
+Further commands (``curbside demo`` from the simulators) plug in through the
+``curbside.commands`` entry point group, so the agent never imports the simulators.
+Exit status: 0 success, 1 runtime failure, 2 bad usage or bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from edge import __version__
+from edge.agent import Agent
+from edge.config import load_config
+from edge.errors import ConfigError, CurbsideError
+from provisioning.badges import issue_badge
+from provisioning.errors import ProvisioningError
+from provisioning.issuer import init_issuer, load_issuer
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """``"90"``, ``"90s"``, ``"15m"``, ``"12h"``, ``"7d"`` -> seconds."""
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration like 90s, 15m, 12h or 7d, got {text!r}"
+        )
+    return int(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="curbside", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"curbside {__version__}")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the agent")
+    run.add_argument("-c", "--config", type=Path, required=True, help="site TOML file")
+    run.set_defaults(handler=_cmd_run)
+
+    check = sub.add_parser("check", help="validate a site configuration and exit")
+    check.add_argument("-c", "--config", type=Path, required=True, help="site TOML file")
+    check.set_defaults(handler=_cmd_check)
+
+    issuer = sub.add_parser("issuer", help="manage a badge issuer key").add_subparsers(
+        dest="issuer_command", required=True, metavar="ACTION"
+    )
+    init = issuer.add_parser("init", help="create an Ed25519 issuer key in DIR")
+    init.add_argument("directory", type=Path)
+    init.add_argument("--name", default="curbside-coop", help="issuer name (iss claim)")
+    init.add_argument("--kid", help="key id (default: derived from the public key)")
+    init.set_defaults(handler=_cmd_issuer_init)
+
+    badge = sub.add_parser("badge", help="issue member badges").add_subparsers(
+        dest="badge_command", required=True, metavar="ACTION"
+    )
+    issue = badge.add_parser("issue", help="print a signed badge")
+    issue.add_argument("--issuer", type=Path, required=True, help="issuer directory")
+    issue.add_argument("--member", required=True)
+    issue.add_argument("--site", required=True)
+    issue.add_argument("--compartment", action="append", default=[], help="repeatable")
+    issue.add_argument("--group", action="append", default=[], help="repeatable")
+    issue.add_argument("--skill", action="append", default=[], help="repeatable")
+    issue.add_argument("--lifetime", type=parse_duration, default=7 * 86400, help="e.g. 7d")
+    issue.set_defaults(handler=_cmd_badge_issue)
+
+    for plugin in entry_points(group="curbside.commands"):
+        plugin.load()(sub)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    return asyncio.run(_run_agent(Agent(config)))
+
+
+async def _run_agent(agent: Agent) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await agent.run(stop)
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(f"{args.config}: valid; device {config.device.id} at site {config.device.site}, "
+          f"{len(config.compartments)} compartment(s), backend {config.hardware.backend}")
+    return 0
+
+
+def _cmd_issuer_init(args: argparse.Namespace) -> int:
+    issuer = init_issuer(args.directory, name=args.name, kid=args.kid)
+    print(f"issuer {issuer.name!r} created in {args.directory} (private key: issuer.key, 0600)")
+    print("trust it in a site configuration with:\n")
+    print(f'[[trust.issuers]]\nkid = "{issuer.kid}"\npublic_key = "{issuer.public_key}"')
+    return 0
+
+
+def _cmd_badge_issue(args: argparse.Namespace) -> int:
+    issuer = load_issuer(args.issuer)
+    token = issue_badge(
+        issuer.key, kid=issuer.kid, issuer=issuer.name, member=args.member, site=args.site,
+        now=int(time.time()), lifetime_s=args.lifetime, compartments=tuple(args.compartment),
+        groups=tuple(args.group), skills=tuple(args.skill),
+    )
+    print(token)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``curbside`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"curbside: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (CurbsideError, ProvisioningError, ValueError) as exc:
+        print(f"curbside: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

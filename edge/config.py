@@ -1,0 +1,218 @@
+"""Site configuration: one TOML file, validated into a frozen pydantic model tree.
+
+:func:`load_config` is the only entry point. Relative paths in the file are resolved
+against the file's directory. Every failure raises :class:`ConfigError` naming the file,
+the key path (``compartments[1].pulse_ms``) and what was expected. See docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edge.errors import ConfigError
+
+MAX_PULSE_MS = 3000  # no solenoid is energised longer than this, whatever the file says
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")]
+PinName = int | Annotated[str, Field(pattern=r"^(GPIO|BCM|BOARD|J8:)?[0-9]{1,2}$")]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DeviceConfig(_Frozen):
+    """Who this agent is: its device id and the site it serves."""
+
+    id: Identifier
+    site: Identifier
+
+
+class TlsConfig(_Frozen):
+    """Mutual TLS to the broker: the CA to trust and this device's certificate and key."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+
+class MqttConfig(_Frozen):
+    """The link to the central broker. Plaintext needs ``allow_insecure = true``."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=8883, ge=1, le=65535)
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    tls: TlsConfig | None = None
+    allow_insecure: bool = False
+    reconnect_min_s: float = Field(default=0.5, gt=0, le=60)
+    reconnect_max_s: float = Field(default=60.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _tls_or_explicitly_insecure(self) -> MqttConfig:
+        if self.tls is None and not self.allow_insecure:
+            raise ValueError(
+                "set [mqtt.tls] (ca_file, cert_file, key_file) or allow_insecure = true"
+            )
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        return self
+
+
+class StorageConfig(_Frozen):
+    """The outbox database and its size budget in bytes."""
+
+    path: Path
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+
+
+class IssuerKey(_Frozen):
+    """A badge issuer's public key, pinned by ``kid``."""
+
+    kid: str = Field(min_length=1, max_length=64)
+    public_key: str = Field(pattern=r"^[A-Za-z0-9_-]{43}$", description="base64url, 32 bytes")
+
+
+class TrustConfig(_Frozen):
+    """The keys this site trusts. An unknown ``kid`` is always a denial."""
+
+    issuers: tuple[IssuerKey, ...] = Field(min_length=1)
+    leeway_s: int = Field(default=60, ge=0, le=600)
+
+    @field_validator("issuers")
+    @classmethod
+    def _unique_kids(cls, issuers: tuple[IssuerKey, ...]) -> tuple[IssuerKey, ...]:
+        kids = [i.kid for i in issuers]
+        if len(set(kids)) != len(kids):
+            raise ValueError("each issuer kid must appear once")
+        return issuers
+
+
+class ReaderConfig(_Frozen):
+    """The badge reader's serial port, by pyserial URL (a device path, ``socket://``...)."""
+
+    url: str = Field(min_length=1)
+    baudrate: int = Field(default=9600, gt=0)
+
+
+class CompartmentConfig(_Frozen):
+    """One locker compartment: its pins, pulse and access policy."""
+
+    id: Identifier
+    solenoid_pin: PinName
+    door_pin: PinName
+    pulse_ms: int = Field(default=500, ge=50, le=MAX_PULSE_MS)
+    skills: tuple[Identifier, ...] = ()
+    group: Identifier | None = None
+
+
+class GpioHardware(_Frozen):
+    """Real GPIO through gpiozero with a named pin factory (``lgpio`` on a Pi)."""
+
+    backend: Literal["gpio"]
+    pin_factory: Literal["lgpio", "rpigpio", "pigpio", "native"] = "lgpio"
+
+
+class MockHardware(_Frozen):
+    """gpiozero's MockFactory: simulated pins, for the simulators and tests."""
+
+    backend: Literal["mock"]
+
+
+Hardware = Annotated[GpioHardware | MockHardware, Field(discriminator="backend")]
+
+
+class SiteConfig(_Frozen):
+    """The whole agent configuration."""
+
+    device: DeviceConfig
+    mqtt: MqttConfig
+    storage: StorageConfig
+    trust: TrustConfig
+    reader: ReaderConfig
+    hardware: Hardware
+    compartments: tuple[CompartmentConfig, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct_compartments_and_pins(self) -> SiteConfig:
+        ids = [c.id for c in self.compartments]
+        if len(set(ids)) != len(ids):
+            raise ValueError("compartment ids must be unique")
+        pins = [str(p) for c in self.compartments for p in (c.solenoid_pin, c.door_pin)]
+        if len(set(pins)) != len(pins):
+            raise ValueError("each pin may be used by one compartment input or output only")
+        return self
+
+
+def load_config(path: Path) -> SiteConfig:
+    """Read and validate ``path``; raise :class:`ConfigError` with file and key on failure."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        config = SiteConfig.model_validate(_resolve_paths(raw, path.parent))
+    except ValidationError as exc:
+        raise ConfigError(_describe(path, exc)) from exc
+    return config
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make the file's relative paths relative to its own directory."""
+    def fix(section: Any, keys: tuple[str, ...]) -> None:
+        if isinstance(section, dict):
+            for key in keys:
+                value = section.get(key)
+                if isinstance(value, str) and value and not Path(value).is_absolute():
+                    section[key] = str(base / value)
+
+    fix(raw.get("storage"), ("path",))
+    mqtt = raw.get("mqtt")
+    if isinstance(mqtt, dict):
+        fix(mqtt.get("tls"), ("ca_file", "cert_file", "key_file"))
+    return raw
+
+
+def _describe(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration ({exc.error_count()} problem(s))"]
+    for error in exc.errors():
+        where = _key_path(error["loc"])
+        got = error.get("input")
+        shown = "" if isinstance(got, dict) or error["type"] == "missing" else f", got {got!r}"
+        lines.append(f"  {where}: {_expected(error)}{shown}")
+    return "\n".join(lines)
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("gpio", "mock") and out == "hardware":
+            continue  # pydantic's discriminator tag is not a key of the file
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _expected(error: Any) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; see docs/configuration.md)"
+    msg: str = error["msg"]
+    return "expected " + msg[0].lower() + msg[1:] if not msg.startswith("Value error") else msg[13:]

@@ -1,0 +1,325 @@
+"""The MQTT link: the one module where paho-mqtt's callbacks cross into asyncio.
+
+Each connection gets a fresh paho ``Client`` driven by the event loop's own selector
+(``add_reader``/``add_writer``, as aiomqtt does), so every callback and every paho call
+runs on the loop thread; only the blocking TCP/TLS connect runs in an executor, while
+nothing else touches that client. :meth:`MqttLink.run` supervises the connection:
+reconnects with capped exponential backoff and full jitter, logs every attempt, and
+publishes the retained birth message on each connect (the LWT covers a dead agent).
+
+:meth:`MqttLink.publish` returns when the broker has acknowledged (PUBACK) and raises
+:class:`LinkDown` if the connection is lost first; the caller keeps the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import ssl
+import threading
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge import __version__
+from edge.config import MqttConfig
+from edge.errors import CurbsideError
+from edge.topics import DeviceTopics
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0
+MISC_INTERVAL_S = 1.0  # keepalive bookkeeping (paho's loop_misc)
+
+
+class LinkDown(CurbsideError, ConnectionError):
+    """The broker is not connected, or the connection was lost before PUBACK."""
+
+
+class PublishRejected(CurbsideError, ConnectionError):
+    """The broker answered a publish with a failure reason code (MQTT 5)."""
+
+
+class LinkState(StrEnum):
+    CONNECTING = "connecting"
+    UP = "up"
+    DOWN = "down"
+    CLOSED = "closed"
+
+
+def backoff_delay(attempt: int, base_s: float, cap_s: float) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
+    window = min(cap_s, base_s * (2 ** min(attempt, 32)))
+    return random.uniform(0, max(window, base_s))  # noqa: S311  # jitter, not cryptography
+
+
+class _Connection:
+    """One paho client and its socket, registered with the running event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: mqtt.Client) -> None:
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self.client = client
+        self.connack: asyncio.Future[None] = loop.create_future()
+        # A failed attempt may leave no waiter: retrieve the outcome so asyncio stays quiet.
+        self.connack.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.closed: asyncio.Future[str] = loop.create_future()
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._sock: Any = None
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_socket_open = lambda c, u, sock: self._on_loop(self._add_reader, sock)
+        client.on_socket_close = lambda c, u, sock: self._on_loop(self._forget_socket, sock)
+        client.on_socket_register_write = lambda c, u, sock: self._on_loop(self._add_writer, sock)
+        client.on_socket_unregister_write = lambda c, u, sock: self._on_loop(
+            self._remove_writer, sock
+        )
+
+    def _on_loop(self, fn: Callable[[Any], None], sock: Any) -> None:
+        # Socket callbacks fire on the executor thread during connect(); everything
+        # else already runs on the loop thread.
+        if threading.get_ident() == self._loop_thread:
+            fn(sock)
+        else:
+            self._loop.call_soon_threadsafe(fn, sock)
+
+    def _add_reader(self, sock: Any) -> None:
+        if sock.fileno() < 0:
+            return
+        self._sock = sock
+        self._loop.add_reader(sock, self._readable)
+
+    def _readable(self) -> None:
+        self.client.loop_read()
+        # TLS may hold decrypted bytes that select() cannot see.
+        while self._sock is not None and getattr(self._sock, "pending", lambda: 0)():
+            self.client.loop_read()
+
+    def _add_writer(self, sock: Any) -> None:
+        if sock.fileno() >= 0:
+            self._loop.add_writer(sock, self.client.loop_write)
+
+    def _remove_writer(self, sock: Any) -> None:
+        if sock.fileno() >= 0:
+            self._loop.remove_writer(sock)
+
+    def _forget_socket(self, sock: Any) -> None:
+        if sock.fileno() >= 0:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+        self._sock = None
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                    properties: Any) -> None:
+        if self.connack.done():
+            return
+        if reason.is_failure:
+            self.connack.set_exception(LinkDown(f"broker refused the connection: {reason}"))
+        else:
+            self.connack.set_result(None)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                       properties: Any) -> None:
+        why = str(reason)
+        if not self.connack.done():
+            self.connack.set_exception(LinkDown(f"disconnected before CONNACK: {why}"))
+        if not self.closed.done():
+            self.closed.set_result(why)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(LinkDown(f"connection lost before PUBACK: {why}"))
+        self._pending.clear()
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
+                    properties: Any) -> None:
+        future = self._pending.pop(mid, None)
+        if future is None or future.done():
+            return
+        if reason.is_failure:
+            future.set_exception(PublishRejected(f"broker rejected message {mid}: {reason}"))
+        else:
+            future.set_result(None)
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> asyncio.Future[None]:
+        """Send one message; the future completes on PUBACK (QoS 1) or when written (QoS 0)."""
+        if self.closed.done():
+            raise LinkDown("not connected")
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise LinkDown(f"publish failed: {mqtt.error_string(info.rc)}")
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._pending[info.mid] = future
+        if info.is_published():  # QoS 0 already written: paho will not call back again
+            self._pending.pop(info.mid)
+            future.set_result(None)
+        return future
+
+    def misc(self) -> None:
+        self.client.loop_misc()
+
+    def abort(self) -> None:
+        """Drop the socket without a DISCONNECT (so the broker sends the LWT)."""
+        if self._sock is not None:
+            sock, self._sock = self._sock, None
+            self._forget_socket(sock)
+            with contextlib.suppress(OSError):
+                sock.close()
+        unspecified = ReasonCode(PacketTypes.DISCONNECT, identifier=0x80)
+        self._on_disconnect(self.client, None, None, unspecified, None)
+
+
+class MqttLink:
+    """Keeps this device connected to its broker and publishes with acknowledgement."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        topics: DeviceTopics,
+        *,
+        boot_id: str,
+        on_state: Callable[[LinkState, str], None] | None = None,
+    ) -> None:
+        self._config = config
+        self._topics = topics
+        self._boot_id = boot_id
+        self._on_state = on_state
+        self._conn: _Connection | None = None
+        self._up = asyncio.Event()
+        self.state = LinkState.DOWN
+
+    def _set_state(self, state: LinkState, detail: str = "") -> None:
+        if state is not self.state:
+            self.state = state
+            if self._on_state is not None:
+                self._on_state(state, detail)
+
+    async def wait_up(self) -> None:
+        """Return once the link is connected."""
+        await self._up.wait()
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> None:
+        """Publish and wait for the broker's acknowledgement; raise :class:`LinkDown`."""
+        conn = self._conn
+        if conn is None:
+            raise LinkDown("not connected")
+        await conn.publish(topic, payload, qos, retain)
+
+    async def run(self) -> None:
+        """Connect, stay connected, reconnect forever. Cancel to stop."""
+        attempt = 0
+        while True:
+            self._set_state(LinkState.CONNECTING)
+            target = f"{self._config.host}:{self._config.port}"
+            try:
+                conn = await self._connect()
+            except (OSError, ssl.SSLError, LinkDown, TimeoutError) as exc:
+                delay = backoff_delay(
+                    attempt, self._config.reconnect_min_s, self._config.reconnect_max_s
+                )
+                attempt += 1
+                log.warning("broker %s unreachable (attempt %d): %s; retry in %.2fs",
+                            target, attempt, exc, delay)
+                self._set_state(LinkState.DOWN, str(exc))
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            log.info("connected to broker %s", target)
+            why = await self._serve(conn)
+            log.warning("lost broker %s: %s", target, why)
+            self._set_state(LinkState.DOWN, why)
+
+    async def _serve(self, conn: _Connection) -> str:
+        self._conn = conn
+        self._up.set()
+        self._set_state(LinkState.UP)
+        try:
+            birth = self._status(online=True)
+            # Not awaited: the birth message needs no answer to let events flow.
+            conn.publish(self._topics.status, birth, 1, True).add_done_callback(_consume)
+            while not conn.closed.done():
+                conn.misc()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(conn.closed), MISC_INTERVAL_S)
+            return conn.closed.result()
+        finally:
+            self._up.clear()
+            self._conn = None
+            if not conn.closed.done():  # cancelled while connected: say goodbye
+                await self._disconnect(conn)
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        conn = _Connection(loop, self._new_client())
+        cfg = self._config
+        kwargs: dict[str, Any] = {}
+        if cfg.protocol == "5":
+            kwargs["clean_start"] = True
+        try:
+            await asyncio.wait_for(
+                loop.run_in_executor(
+                    None,
+                    lambda: conn.client.connect(cfg.host, cfg.port, cfg.keepalive_s, **kwargs),
+                ),
+                CONNECT_TIMEOUT_S,
+            )
+            await asyncio.wait_for(asyncio.shield(conn.connack), CONNECT_TIMEOUT_S)
+        except BaseException:
+            conn.abort()
+            raise
+        return conn
+
+    def _new_client(self) -> mqtt.Client:
+        cfg = self._config
+        v5 = cfg.protocol == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"curbside-{self._topics.site}-{self._topics.device}",
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if v5 else True,
+        )
+        client.connect_timeout = CONNECT_TIMEOUT_S
+        if cfg.tls is not None:
+            client.tls_set(
+                ca_certs=str(cfg.tls.ca_file),
+                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        client.will_set(self._topics.status, self._status(online=False), qos=1, retain=True)
+        return client
+
+    def _status(self, *, online: bool) -> bytes:
+        body: dict[str, Any] = {"online": online, "boot_id": self._boot_id}
+        if online:
+            body["version"] = __version__
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    async def _disconnect(self, conn: _Connection) -> None:
+        """Say goodbye: retained offline status, then DISCONNECT; bounded in time."""
+        try:
+            offline = conn.publish(self._topics.status, self._status(online=False), 1, True)
+            await asyncio.wait_for(offline, 2.0)
+            conn.client.disconnect()
+            await asyncio.wait_for(asyncio.shield(conn.closed), 2.0)
+        except (LinkDown, PublishRejected, TimeoutError) as exc:
+            log.info("broker goodbye incomplete: %s", exc)
+        finally:
+            conn.abort()
+
+
+
+def _consume(future: asyncio.Future[None]) -> None:
+    """Retrieve a fire-and-forget publish's outcome so asyncio does not warn about it."""
+    if not future.cancelled() and future.exception() is not None:
+        log.info("status publish not acknowledged: %s", future.exception())

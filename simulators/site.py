@@ -1,0 +1,103 @@
+"""A virtual site on disk: an issuer, a site configuration, and badges for its members."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from provisioning.badges import issue_badge
+from provisioning.issuer import Issuer, init_issuer
+from simulators.gpio_world import DoorSpec
+
+SITE = "elm-street"
+DEVICE = "lockers-1"
+DOORS = (
+    DoorSpec("A1", solenoid_pin=17, door_pin=27),
+    DoorSpec("B1", solenoid_pin=22, door_pin=23),
+)
+
+_CONFIG = """\
+# A virtual tool-library site, written by the Curbside simulators.
+[device]
+id = "{device}"
+site = "{site}"
+
+[mqtt]
+host = "127.0.0.1"
+port = {broker_port}
+protocol = "5"
+keepalive_s = 10
+allow_insecure = true      # loopback broker of the simulation; real sites use [mqtt.tls]
+reconnect_min_s = 0.2
+reconnect_max_s = 2.0
+
+[storage]
+path = "outbox.db"
+
+[[trust.issuers]]
+kid = "{kid}"
+public_key = "{public_key}"
+
+[reader]
+url = "{reader_url}"
+
+[hardware]
+backend = "mock"
+
+[[compartments]]
+id = "A1"                  # hand tools
+solenoid_pin = 17
+door_pin = 27
+pulse_ms = 500
+group = "hand-tools"
+
+[[compartments]]
+id = "B1"                  # battery bay
+solenoid_pin = 22
+door_pin = 23
+pulse_ms = 500
+group = "batteries"
+skills = ["battery-handling"]
+"""
+
+
+@dataclass(frozen=True)
+class VirtualSite:
+    """Paths and keys of a virtual site."""
+
+    directory: Path
+    config_path: Path
+    issuer: Issuer
+
+    def badge(
+        self,
+        member: str,
+        *,
+        compartments: tuple[str, ...] = (),
+        groups: tuple[str, ...] = (),
+        skills: tuple[str, ...] = (),
+        lifetime_s: int = 3600,
+        not_before: int | None = None,
+    ) -> str:
+        """A badge signed by the site's issuer."""
+        return issue_badge(
+            self.issuer.key, kid=self.issuer.kid, issuer=self.issuer.name, member=member,
+            site=SITE, now=int(time.time()), lifetime_s=lifetime_s, not_before=not_before,
+            compartments=compartments, groups=groups, skills=skills,
+        )
+
+
+def write_site(directory: Path, *, broker_port: int, reader_url: str) -> VirtualSite:
+    """Create ``directory`` with ``issuer/`` and ``site.toml``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    issuer = init_issuer(directory / "issuer", name="elm-street-coop")
+    config_path = directory / "site.toml"
+    config_path.write_text(
+        _CONFIG.format(
+            device=DEVICE, site=SITE, broker_port=broker_port, kid=issuer.kid,
+            public_key=issuer.public_key, reader_url=reader_url,
+        ),
+        encoding="utf-8",
+    )
+    return VirtualSite(directory, config_path, issuer)
