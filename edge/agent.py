@@ -75,7 +75,8 @@ class Agent:
         self._lockers: LockerBank | None = None
         self._doors: asyncio.Queue[tuple[str, bool, float]] = asyncio.Queue()
         self._link_changes: asyncio.Queue[tuple[LinkState, str, float]] = asyncio.Queue()
-        self.running = asyncio.Event()
+        self.running = asyncio.Event()  # set once started: doors read, tasks starting
+        self.reader_ready = asyncio.Event()  # set while the badge reader's port is open
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; outputs are off and the database closed on return."""
@@ -144,10 +145,12 @@ class Agent:
                 async with AsyncSerialPort(url, baudrate=self.config.reader.baudrate) as port:
                     attempt = 0
                     log.info("badge reader open on %s", url)
+                    self.reader_ready.set()
                     async for chunk in port:
                         for message in decoder.feed(chunk):
                             await self._on_reader_message(message, lockers)
             except (SerialPortError, SerialPortClosed) as exc:
+                self.reader_ready.clear()
                 delay = backoff_delay(attempt, 0.5, 30.0)
                 attempt += 1
                 log.warning("badge reader %s: %s; retry in %.1fs", url, exc, delay)

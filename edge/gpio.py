@@ -126,6 +126,4 @@ class DoorSensor:
 
     def close(self) -> None:
         if not self._device.closed:
-            self._device.when_activated = None
-            self._device.when_deactivated = None
-            self._device.close()
+            self._device.close()  # also drops the callbacks

@@ -95,13 +95,14 @@ class Outbox:
         try:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
-            await db.execute("PRAGMA foreign_keys=ON")
             await self._migrate(db)
             async with db.execute("SELECT count(*) FROM events") as cursor:
                 row = await cursor.fetchone()
-        except sqlite3.Error as exc:
-            await db.close()
-            raise StorageError(f"{self.path}: cannot use the outbox: {exc}") from exc
+        except BaseException as exc:
+            await db.close()  # or its worker thread would outlive us
+            if isinstance(exc, sqlite3.Error):
+                raise StorageError(f"{self.path}: cannot use the outbox: {exc}") from exc
+            raise
         self._depth = int(row[0]) if row else 0
         self._db = db
 
@@ -173,16 +174,12 @@ class Outbox:
         ]
 
     async def delete(self, seqs: Iterable[int]) -> None:
-        """Remove acknowledged events."""
-        batch = [(s,) for s in seqs]
+        """Remove acknowledged events, atomically (one statement, one commit)."""
         db = self._conn()
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            await db.executemany("DELETE FROM events WHERE seq = ?", batch)
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
+        await db.execute(
+            "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(seqs)),),
+        )
         async with db.execute("SELECT count(*) FROM events") as cursor:
             row = await cursor.fetchone()
         async with self._changed:

@@ -204,7 +204,7 @@ class Scene:
         return 0
 
     async def _play_then_idle(self, duration: float | None, stop: asyncio.Event) -> None:
-        await asyncio.wait_for(self.agent.running.wait(), STEP_TIMEOUT_S)
+        await asyncio.wait_for(self.agent.reader_ready.wait(), STEP_TIMEOUT_S)
         try:
             if self.broker is not None:
                 async with PlatformRecorder(self.broker.host, self.broker.port, SITE) as p:

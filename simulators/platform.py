@@ -33,6 +33,7 @@ class PlatformRecorder:
     site: str
     events: list[dict[str, Any]] = field(default_factory=list)  # unique, in arrival order
     duplicates: int = 0
+    duplicate_keys: list[tuple[str, int]] = field(default_factory=list)
     status: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> last status
     malformed: int = 0
 
@@ -96,6 +97,7 @@ class PlatformRecorder:
                 key = (str(body.get("device")), int(event["seq"]))
                 if key in self._seen:
                     self.duplicates += 1
+                    self.duplicate_keys.append(key)
                     continue
                 self._seen.add(key)
                 self.events.append({"device": key[0], **event})

@@ -1,0 +1,81 @@
+"""The command line: issuer keys, badges, config check, and the demo end to end."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from provisioning.badges import BadgeVerifier
+from provisioning.keys import public_key_from_b64
+
+from edge.cli import main, parse_duration
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "virtual-site.toml"
+
+
+def test_issuer_init_then_badge_issue_makes_a_verifiable_badge(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "issuer"
+    assert main(["issuer", "init", str(directory), "--name", "coop", "--kid", "k-2026"]) == 0
+    printed = capsys.readouterr().out
+    assert '[[trust.issuers]]\nkid = "k-2026"' in printed
+    assert stat.S_IMODE((directory / "issuer.key").stat().st_mode) == 0o600
+    public_key = printed.split('public_key = "')[1].split('"')[0]
+
+    assert main(["badge", "issue", "--issuer", str(directory), "--member", "ada", "--site",
+                 "elm-street", "--compartment", "A1", "--skill", "battery-handling",
+                 "--lifetime", "2h"]) == 0
+    token = capsys.readouterr().out.strip()
+    verifier = BadgeVerifier({"k-2026": public_key_from_b64(public_key)}, site="elm-street")
+    badge = verifier.verify(token, now=time.time())
+    assert (badge.member, badge.compartments, badge.skills) == ("ada", ("A1",),
+                                                                ("battery-handling",))
+    assert badge.expires_at - badge.not_before == 7200
+
+
+def test_issuer_init_refuses_to_overwrite_a_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["issuer", "init", str(tmp_path / "i")]) == 0
+    assert main(["issuer", "init", str(tmp_path / "i")]) == 1
+    assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_check_accepts_the_example(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "-c", str(EXAMPLE)]) == 0
+    assert "valid; device lockers-1 at site elm-street" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("15m", 900), ("7d", 604800)])
+def test_durations(text: str, seconds: int) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_demo_plays_the_whole_scene_and_exits_cleanly(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "demo", "--dir", str(tmp_path / "demo"),
+         "--duration", "0.5"],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )
+    out = result.stdout
+    assert result.returncode == 0, result.stderr + out
+    for expected in (
+        "GRANTED A1  reason=granted",
+        "DENIED  A1  reason=bad_signature",
+        "DENIED  A1  reason=expired",
+        "DENIED  B1  reason=missing_skill missing battery-handling",
+        "GRANTED B1  reason=granted",
+        "link      down",
+        "in order, no gaps",
+        "stopped cleanly: outputs off, outbox closed, empty",
+    ):
+        assert expected in out, f"{expected!r} missing from:\n{out}"
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "demo" / "agent.log").read_text().count("access.granted") == 2
