@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from provisioning.issuer import Issuer, init_issuer
 
+from provisioning.issuer import Issuer, init_issuer
 from simulators.badge_reader import PtyBadgeReader
 from simulators.broker import MosquittoBroker, find_mosquitto, free_port
 from simulators.site import VirtualSite, write_site

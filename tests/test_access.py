@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from provisioning.badges import issue_badge
-from provisioning.keys import public_key_b64
 
 from edge.access import AccessPolicy, Reason
 from edge.config import CompartmentConfig, IssuerKey, TrustConfig
 from firmware_bridge.badge_reader import BadgeScan
+from provisioning.badges import issue_badge
+from provisioning.keys import public_key_b64
 
 NOW = 1_800_000_000
 KEY = Ed25519PrivateKey.generate()

@@ -84,9 +84,11 @@ async def test_badge_opens_door_and_every_event_reaches_the_platform_in_order(
     types = [e["type"] for e in platform.events]
     assert types[0] == "agent.started"
     assert types.index("access.granted") < types.index("door.opened") < types.index("door.closed")
-    assert "locker.pulsed" in types and "link.up" in types
+    assert "locker.pulsed" in types
+    assert "link.up" in types
     granted = platform.of_type("access.granted")[0]
-    assert granted["member"] == "ada" and granted["reason"] == "granted"
+    assert granted["member"] == "ada"
+    assert granted["reason"] == "granted"
     assert granted["class"] == "audit"
     assert platform.duplicates == 0
     pin = h.factory.pin(17)
@@ -114,7 +116,8 @@ async def test_decision_is_on_disk_before_the_solenoid_is_energised(
         await h.until(has("locker.pulsed", "A1"))
     assert len(seen_at_energise) == 1
     [(event_type, body)] = seen_at_energise[0]
-    assert event_type == "access.granted" and '"member":"ada"' in body
+    assert event_type == "access.granted"
+    assert '"member":"ada"' in body
 
 
 async def test_denials_carry_their_reason_and_never_touch_a_coil(

@@ -34,7 +34,8 @@ def test_overlong_line_is_discarded_up_to_its_end_once() -> None:
     out += decoder.feed(b"B" * 5000)
     out += decoder.feed(b"tail\nA1 ok.ok.ok\n")
     assert [type(m) for m in out] == [GarbageLine, BadgeScan]
-    assert isinstance(out[0], GarbageLine) and out[0].kind is GarbageKind.TOO_LONG
+    assert isinstance(out[0], GarbageLine)
+    assert out[0].kind is GarbageKind.TOO_LONG
     assert out[1] == BadgeScan("A1", "ok.ok.ok")
 
 

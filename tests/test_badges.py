@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from provisioning.badges import BADGE_TYP, MAX_LIFETIME_S, BadgeVerifier, issue_badge
 from provisioning.errors import TokenFault, TokenRejected
 from provisioning.issuer import Issuer

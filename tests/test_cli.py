@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from provisioning.badges import BadgeVerifier
-from provisioning.keys import public_key_from_b64
 
 from edge.cli import main, parse_duration
+from provisioning.badges import BadgeVerifier
+from provisioning.keys import public_key_from_b64
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "virtual-site.toml"
 

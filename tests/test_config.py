@@ -103,7 +103,8 @@ def test_bad_values_name_the_file_and_key_path(
 
 def test_missing_section_is_named(tmp_path: Path) -> None:
     start = VALID.index("[reader]")
-    path = write(tmp_path, VALID[:start] + VALID[start:].replace('[reader]\nurl = "/dev/ttyUSB0"\n', ""))
+    rest = VALID[start:].replace('[reader]\nurl = "/dev/ttyUSB0"\n', "")
+    path = write(tmp_path, VALID[:start] + rest)
     with pytest.raises(ConfigError, match=r"  reader: required key is missing"):
         load_config(path)
 

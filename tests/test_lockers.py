@@ -80,7 +80,7 @@ async def test_pulse_ends_even_when_the_event_loop_is_blocked(factory: Any) -> N
         task = asyncio.ensure_future(pulse)
         await asyncio.sleep(0.01)
         assert coil(factory, 17).state is True
-        time.sleep(0.3)  # the loop is stalled on purpose: the timer thread must still act
+        time.sleep(0.3)  # noqa: ASYNC251  # stalls the loop on purpose: the timer thread must act
         assert coil(factory, 17).state is False
         await task
     finally:
