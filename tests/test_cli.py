@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -79,3 +81,29 @@ def test_demo_plays_the_whole_scene_and_exits_cleanly(tmp_path: Path) -> None:
         assert expected in out, f"{expected!r} missing from:\n{out}"
     assert "Traceback" not in result.stderr
     assert (tmp_path / "demo" / "agent.log").read_text().count("access.granted") == 2
+
+
+def test_demo_stops_on_ctrl_c_mid_scene_and_leaves_no_broker_behind(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "demo", "--dir", str(tmp_path / "demo")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    assert demo.stdout is not None
+    port = None
+    try:
+        for line in demo.stdout:  # read the live account until the first decision
+            if "mosquitto on 127.0.0.1:" in line:
+                port = int(line.split("127.0.0.1:")[1].split()[0])
+            if "decision" in line:
+                break
+        demo.send_signal(signal.SIGINT)
+        rest, err = demo.communicate(timeout=30)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 0, err
+    assert "stopped cleanly: outputs off" in rest
+    assert port is not None
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        pass  # the demo's broker is gone with it

@@ -1,0 +1,51 @@
+"""Badge decisions per second (verify + policy) against raw Ed25519 verification.
+
+The baseline is `cryptography`'s Ed25519 verify of the same signature over the same bytes:
+the floor any badge check must pay. The ratio shows what parsing, pinning and policy cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from _report import per_second, report
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.access import AccessPolicy, Reason
+from edge.config import CompartmentConfig, IssuerKey, TrustConfig
+from firmware_bridge.badge_reader import BadgeScan
+from provisioning.badges import issue_badge
+from provisioning.keys import b64url_decode, public_key_b64
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="about 2 s instead of 10 s")
+    seconds = 1.0 if parser.parse_args().quick else 5.0
+
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key()
+    now = int(time.time())
+    policy = AccessPolicy(
+        "elm-street",
+        TrustConfig(issuers=(IssuerKey(kid="k1", public_key=public_key_b64(public)),)),
+        (CompartmentConfig(id="B1", solenoid_pin=22, door_pin=23, group="batteries",
+                           skills=("battery-handling",)),),
+    )
+    token = issue_badge(key, kid="k1", issuer="coop", member="ada", site="elm-street", now=now,
+                        lifetime_s=86400, groups=("batteries",), skills=("battery-handling",))
+    scan = BadgeScan("B1", token)
+    assert policy.decide(scan, now=now).reason is Reason.GRANTED
+
+    head, body, sig = token.split(".")
+    signing_input, signature = f"{head}.{body}".encode(), b64url_decode(sig)
+
+    decide = per_second(lambda: policy.decide(scan, now=now), seconds=seconds)
+    raw = per_second(lambda: public.verify(signature, signing_input), seconds=seconds)
+    report("badge_decisions", decide, "decisions/s", raw, "raw Ed25519 verify",
+           token_bytes=len(token), latency_us=round(1e6 / decide, 1))
+
+
+if __name__ == "__main__":
+    main()
