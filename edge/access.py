@@ -63,10 +63,13 @@ class Decision:
     def granted(self) -> bool:
         return self.reason is Reason.GRANTED
 
-    def to_event(self) -> dict[str, object]:
-        """The audit event recording this decision."""
+    @property
+    def event_type(self) -> str:
+        return "access.granted" if self.granted else "access.denied"
+
+    def event_fields(self) -> dict[str, object]:
+        """The fields of the audit event recording this decision."""
         event: dict[str, object] = {
-            "type": "access.granted" if self.granted else "access.denied",
             "compartment": self.compartment,
             "reason": self.reason.value,
         }

@@ -123,10 +123,9 @@ class Agent:
         """Decide a scan, make the decision durable, then (if granted) unlock."""
         self.stats.scans += 1
         decision = self._policy.decide(scan, now=time.time())
-        event = decision.to_event()
-        event_type = str(event.pop("type"))
-        await self._record(event_type, event, EventClass.AUDIT)  # durable before the coil
-        log.info("%s %s: %s", event_type, decision.compartment, decision.reason.value)
+        # Durable before the coil: append returns after the commit.
+        await self._record(decision.event_type, decision.event_fields(), EventClass.AUDIT)
+        log.info("%s %s: %s", decision.event_type, decision.compartment, decision.reason.value)
         if decision.granted:
             pulse_s = await lockers.unlock(decision.compartment)
             self.stats.unlocks += 1

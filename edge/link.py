@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
 MISC_INTERVAL_S = 1.0  # keepalive bookkeeping (paho's loop_misc)
+GOODBYE_TIMEOUT_S = 2.0  # a clean stop waits this long for the broker at most
 
 
 class LinkDown(CurbsideError, ConnectionError):
@@ -245,12 +246,13 @@ class MqttLink:
         self._set_state(LinkState.UP)
         try:
             birth = self._status(online=True)
-            # Not awaited: the birth message needs no answer to let events flow.
-            conn.publish(self._topics.status, birth, 1, True).add_done_callback(_consume)
+            # Not awaited: the birth message needs no answer to let events flow. If the
+            # connection is already gone, the loop below notices.
+            with contextlib.suppress(LinkDown):
+                conn.publish(self._topics.status, birth, 1, True).add_done_callback(_consume)
             while not conn.closed.done():
                 conn.misc()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(conn.closed), MISC_INTERVAL_S)
+                await asyncio.wait({conn.closed}, timeout=MISC_INTERVAL_S)
             return conn.closed.result()
         finally:
             self._up.clear()
@@ -265,15 +267,15 @@ class MqttLink:
         kwargs: dict[str, Any] = {}
         if cfg.protocol == "5":
             kwargs["clean_start"] = True
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+        # that arrives as the connect fails, and the link would never stop.
         try:
-            await asyncio.wait_for(
-                loop.run_in_executor(
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await loop.run_in_executor(
                     None,
                     lambda: conn.client.connect(cfg.host, cfg.port, cfg.keepalive_s, **kwargs),
-                ),
-                CONNECT_TIMEOUT_S,
-            )
-            await asyncio.wait_for(asyncio.shield(conn.connack), CONNECT_TIMEOUT_S)
+                )
+                await asyncio.shield(conn.connack)
         except BaseException:
             conn.abort()
             raise
@@ -308,10 +310,10 @@ class MqttLink:
     async def _disconnect(self, conn: _Connection) -> None:
         """Say goodbye: retained offline status, then DISCONNECT; bounded in time."""
         try:
-            offline = conn.publish(self._topics.status, self._status(online=False), 1, True)
-            await asyncio.wait_for(offline, 2.0)
-            conn.client.disconnect()
-            await asyncio.wait_for(asyncio.shield(conn.closed), 2.0)
+            async with asyncio.timeout(GOODBYE_TIMEOUT_S):
+                await conn.publish(self._topics.status, self._status(online=False), 1, True)
+                conn.client.disconnect()
+                await asyncio.shield(conn.closed)
         except (LinkDown, PublishRejected, TimeoutError) as exc:
             log.info("broker goodbye incomplete: %s", exc)
         finally:

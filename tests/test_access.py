@@ -50,8 +50,9 @@ def test_policy_decisions(compartment: str, grants: dict[str, tuple[str, ...]],
 
 def test_denial_event_names_member_and_missing_skills() -> None:
     decision = POLICY.decide(scan("B1", groups=("batteries",)), now=NOW)
-    assert decision.to_event() == {
-        "type": "access.denied", "compartment": "B1", "reason": "missing_skill",
+    assert decision.event_type == "access.denied"
+    assert decision.event_fields() == {
+        "compartment": "B1", "reason": "missing_skill",
         "member": "ada", "badge_id": decision.badge.badge_id if decision.badge else None,
         "missing_skills": ["battery-handling"],
     }
@@ -60,4 +61,4 @@ def test_denial_event_names_member_and_missing_skills() -> None:
 def test_bad_token_maps_to_its_reason_without_member() -> None:
     decision = POLICY.decide(BadgeScan("A1", "not.a.token"), now=NOW)
     assert decision.reason is Reason.MALFORMED
-    assert "member" not in decision.to_event()
+    assert "member" not in decision.event_fields()
