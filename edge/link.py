@@ -75,6 +75,7 @@ class _Connection:
         self.closed: asyncio.Future[str] = loop.create_future()
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._sock: Any = None
+        self._aborted = False
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -86,12 +87,17 @@ class _Connection:
         )
 
     def _on_loop(self, fn: Callable[[Any], None], sock: Any) -> None:
-        # Socket callbacks fire on the executor thread during connect(); everything
-        # else already runs on the loop thread.
+        # Socket callbacks fire on the executor thread during connect(), or from paho's
+        # __del__ wherever the client is collected; everything else runs on the loop thread.
+        def run() -> None:
+            if not self._aborted:  # once over, paho closes its own socket
+                fn(sock)
+
         if threading.get_ident() == self._loop_thread:
-            fn(sock)
+            run()
         else:
-            self._loop.call_soon_threadsafe(fn, sock)
+            with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
+                self._loop.call_soon_threadsafe(run)
 
     def _add_reader(self, sock: Any) -> None:
         if sock.fileno() < 0:
@@ -169,6 +175,7 @@ class _Connection:
 
     def abort(self) -> None:
         """Drop the socket without a DISCONNECT (so the broker sends the LWT)."""
+        self._aborted = True
         if self._sock is not None:
             sock, self._sock = self._sock, None
             self._forget_socket(sock)
