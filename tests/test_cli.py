@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import pytest
 from edge.cli import main, parse_duration
 from provisioning.badges import BadgeVerifier
 from provisioning.keys import public_key_from_b64
+from simulators import demo as demo_module
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "virtual-site.toml"
 
@@ -107,3 +109,17 @@ def test_demo_stops_on_ctrl_c_mid_scene_and_leaves_no_broker_behind(tmp_path: Pa
     assert port is not None
     with pytest.raises(ConnectionRefusedError):  # the demo's broker is gone with it
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+async def test_demo_without_mosquitto_runs_offline_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(demo_module, "find_mosquitto", lambda: None)
+    out = io.StringIO()
+    assert await demo_module.play(tmp_path, 0.0, out) == 0
+    text = out.getvalue()
+    assert "mosquitto is not installed, so the agent runs offline" in text
+    assert "GRANTED A1" in text
+    assert "DENIED  B1  reason=missing_skill" in text
+    assert "Offline all along: every event waits in the outbox" in text
+    assert "outbox closed with" in text  # events kept for the next start
