@@ -94,9 +94,13 @@ class Narrator:
             return ""
         return f"outbox {self.agent.outbox.depth} · link {self.agent.link.state.value}"
 
-    async def until(self, check: Callable[[StoredEvent], bool], what: str) -> None:
-        """Wait until the agent records an event (from now on) that passes ``check``."""
-        start = len(self.events)
+    async def until(self, check: Callable[[StoredEvent], bool], what: str,
+                    *, start: int | None = None) -> None:
+        """Wait until the agent records an event that passes ``check``.
+
+        Only events from now on count, or from index ``start`` of :attr:`events`.
+        """
+        start = len(self.events) if start is None else start
         try:
             async with asyncio.timeout(STEP_TIMEOUT_S):
                 while not any(check(e) for e in self.events[start:]):
@@ -237,7 +241,7 @@ class Scene:
     async def play(self) -> None:
         site, n = self.site, self.n
         if self.broker is not None:
-            await asyncio.wait_for(self.agent.link.wait_up(), STEP_TIMEOUT_S)
+            await n.until(lambda e: e.type == "link.up", "link up", start=0)
 
         n.heading("1. Ada's badge grants the hand-tool group: A1 opens")
         await self.visit("Ada", "A1", site.badge("ada", groups=("hand-tools",)), "door.closed")
