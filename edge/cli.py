@@ -125,6 +125,13 @@ def _cmd_badge_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _leaves(group: BaseExceptionGroup[Exception]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``curbside`` console script."""
     args = build_parser().parse_args(argv)
@@ -139,6 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except (CurbsideError, ProvisioningError, ValueError) as exc:
         print(f"curbside: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ExceptionGroup as group:  # a task of the agent failed: say why when we know
+        known, rest = group.split(CurbsideError)
+        if rest is not None or known is None:
+            raise
+        for leaf in _leaves(known):
+            print(f"curbside: {leaf}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from edge.agent import Agent
 from edge.cli import main, parse_duration
+from edge.errors import StorageError
 from provisioning.badges import BadgeVerifier
 from provisioning.keys import public_key_from_b64
 from simulators import demo as demo_module
+from simulators.broker import MosquittoBroker
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "virtual-site.toml"
 
@@ -123,3 +126,38 @@ async def test_demo_without_mosquitto_runs_offline_and_says_so(
     assert "DENIED  B1  reason=missing_skill" in text
     assert "Offline all along: every event waits in the outbox" in text
     assert "outbox closed with" in text  # events kept for the next start
+
+
+def test_run_stops_cleanly_on_sigterm(tmp_path: Path, broker: MosquittoBroker) -> None:
+    config = EXAMPLE.read_text(encoding="utf-8").replace("port = 1883", f"port = {broker.port}")
+    path = tmp_path / "site.toml"
+    path.write_text(config, encoding="utf-8")
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "run", "-c", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert agent.stderr is not None
+    try:
+        for line in agent.stderr:  # the log, until the broker has us
+            if "connected to broker" in line:
+                break
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=30)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    assert agent.returncode == 0, err
+    assert "stopping" in err
+    assert "Traceback" not in err
+    assert (tmp_path / "virtual-site.db").exists()
+
+
+def test_a_failing_agent_task_exits_1_with_its_reason(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def fail(self: Agent, stop: object) -> None:
+        raise ExceptionGroup("tasks", [StorageError("outbox.db: disk I/O error")])
+
+    monkeypatch.setattr(Agent, "run", fail)
+    assert main(["run", "-c", str(EXAMPLE)]) == 1
+    assert "curbside: outbox.db: disk I/O error" in capsys.readouterr().err
