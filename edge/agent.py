@@ -80,7 +80,15 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; outputs are off and the database closed on return."""
-        pin_factory = self._pin_factory or build_pin_factory(self.config.hardware)
+        owned = self._pin_factory is None  # a factory we build is ours to close
+        pin_factory = build_pin_factory(self.config.hardware) if owned else self._pin_factory
+        try:
+            await self._run(pin_factory, stop)
+        finally:
+            if owned:
+                pin_factory.close()
+
+    async def _run(self, pin_factory: Any, stop: asyncio.Event) -> None:
         async with self.outbox:
             self._lockers = LockerBank(self.config.compartments, pin_factory)
             try:
@@ -98,6 +106,7 @@ class Agent:
             finally:
                 self._lockers.close()
                 self.running.clear()
+                self.reader_ready.clear()
 
     async def _start(self, lockers: LockerBank) -> None:
         doors = lockers.door_states()
