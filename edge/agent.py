@@ -9,6 +9,8 @@ before :meth:`LockerBank.unlock` energises anything (write-ahead audit).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
 import uuid
@@ -18,10 +20,11 @@ from typing import Any
 
 from edge import __version__
 from edge.access import AccessPolicy
+from edge.commands import Commands
 from edge.config import SiteConfig
 from edge.forwarder import Forwarder
 from edge.gpio import build_pin_factory
-from edge.link import LinkState, MqttLink, backoff_delay
+from edge.link import LinkDown, LinkState, MqttLink, PublishRejected, backoff_delay
 from edge.lockers import LockerBank
 from edge.outbox import EventClass, Outbox, StoredEvent
 from edge.topics import DeviceTopics
@@ -31,6 +34,7 @@ from firmware_bridge.serial_port import AsyncSerialPort, SerialPortClosed, Seria
 log = logging.getLogger(__name__)
 
 EventObserver = Callable[[StoredEvent], None]
+STATE_MIN_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -64,11 +68,15 @@ class Agent:
         self.boot_id = uuid.uuid4().hex[:12]
         self.topics = DeviceTopics(config.device.site, config.device.id)
         self.stats = AgentStats()
-        self.outbox = Outbox(config.storage.path)
+        self.outbox = Outbox(config.storage.path, max_bytes=config.storage.max_bytes)
         self.link = MqttLink(
-            config.mqtt, self.topics, boot_id=self.boot_id, on_state=self._on_link_state
+            config.mqtt, self.topics, boot_id=self.boot_id, on_state=self._on_link_state,
+            subscriptions=(self.topics.cmd,), on_message=self._on_command,
+            on_connected=self.publish_state,
         )
+        self.commands = Commands(self.link, self.topics, boot_id=self.boot_id)
         self.forwarder = Forwarder(self.outbox, self.link, self.topics)
+        self._state_changed = asyncio.Event()
         self._policy = AccessPolicy(config.device.site, config.trust, config.compartments)
         self._pin_factory = pin_factory
         self._observer = observer
@@ -100,6 +108,8 @@ class Agent:
                         tg.create_task(self._read_badges(self._lockers), name="reader")
                         tg.create_task(self._record_doors(), name="doors")
                         tg.create_task(self._record_link(), name="link-events")
+                        tg.create_task(self.commands.run(), name="commands")
+                        tg.create_task(self._republish_state(), name="state")
                         tg.create_task(_raise_when_set(stop), name="stop")
                 except* _StopRequested:
                     log.info("stopping")
@@ -132,8 +142,13 @@ class Agent:
         """Decide a scan, make the decision durable, then (if granted) unlock."""
         self.stats.scans += 1
         decision = self._policy.decide(scan, now=time.time())
-        # Durable before the coil: append returns after the commit.
-        await self._record(decision.event_type, decision.event_fields(), EventClass.AUDIT)
+        # Durable before the coil: append returns after the commit. If storage has failed
+        # (disk full), the decision is held in memory, storage.fault is raised, and the
+        # member still gets in: a full SD card must not lock the library.
+        stored = await self._record(decision.event_type, decision.event_fields(),
+                                    EventClass.AUDIT)
+        if not stored.durable:
+            log.error("decision seq %d held in memory only: storage has failed", stored.seq)
         log.info("%s %s: %s", decision.event_type, decision.compartment, decision.reason.value)
         if decision.granted:
             pulse_s = await lockers.unlock(decision.compartment)
@@ -175,6 +190,38 @@ class Agent:
 
     def _door_changed(self, compartment: str, closed: bool) -> None:
         self._doors.put_nowait((compartment, closed, time.time()))
+        self._state_changed.set()
+
+    def _on_command(self, message: Any) -> None:
+        self.commands.on_message(message)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The retained ``state`` document: what the platform should know right now."""
+        doors = self._lockers.door_states() if self._lockers is not None else {}
+        return {
+            "device": self.topics.device, "site": self.topics.site, "boot_id": self.boot_id,
+            "version": __version__, "ts": round(time.time(), 3),
+            "doors": {cid: "closed" if closed else "open" for cid, closed in doors.items()},
+            "outbox": {"depth": self.outbox.depth,
+                       "by_class": {c.value: self.outbox.class_depth(c) for c in EventClass}},
+            "stats": {"scans": self.stats.scans, "unlocks": self.stats.unlocks,
+                      "garbage_lines": self.stats.garbage_lines},
+        }
+
+    async def publish_state(self) -> None:
+        """Publish the retained snapshot (on every connection, and after changes)."""
+        body = json.dumps(self.snapshot(), separators=(",", ":")).encode()
+        await self.link.publish(self.topics.state, body, qos=1, retain=True)
+
+    async def _republish_state(self) -> None:
+        """After door changes, refresh the retained snapshot, at most once a second."""
+        while True:
+            await self._state_changed.wait()
+            await asyncio.sleep(STATE_MIN_INTERVAL_S)  # coalesce a burst of changes
+            self._state_changed.clear()
+            if self.link.state is LinkState.UP:
+                with contextlib.suppress(LinkDown, PublishRejected):
+                    await self.publish_state()
 
     async def _record_doors(self) -> None:
         while True:

@@ -54,6 +54,7 @@ class MqttConfig(_Frozen):
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     tls: TlsConfig | None = None
     allow_insecure: bool = False
+    telemetry_expiry_s: int = Field(default=86400, ge=60)
     reconnect_min_s: float = Field(default=0.5, gt=0, le=60)
     reconnect_max_s: float = Field(default=60.0, gt=0, le=3600)
 

@@ -20,13 +20,14 @@ import logging
 import random
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge import __version__
@@ -36,6 +37,8 @@ from edge.topics import DeviceTopics
 
 log = logging.getLogger(__name__)
 
+SCHEMA_VERSION = "1"  # user property "schema" on every MQTT 5 publish
+MessageHandler = Callable[[mqtt.MQTTMessage], None]
 CONNECT_TIMEOUT_S = 10.0
 MISC_INTERVAL_S = 1.0  # keepalive bookkeeping (paho's loop_misc)
 GOODBYE_TIMEOUT_S = 2.0  # a clean stop waits this long for the broker at most
@@ -65,8 +68,10 @@ def backoff_delay(attempt: int, base_s: float, cap_s: float) -> float:
 class _Connection:
     """One paho client and its socket, registered with the running event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, client: mqtt.Client) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: mqtt.Client,
+                 on_message: MessageHandler | None = None) -> None:
         self._loop = loop
+        self._on_message_handler = on_message
         self._loop_thread = threading.get_ident()
         self.client = client
         self.connack: asyncio.Future[None] = loop.create_future()
@@ -76,9 +81,11 @@ class _Connection:
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._sock: Any = None
         self._aborted = False
+        self.callback_errors = 0
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         client.on_socket_open = lambda c, u, sock: self._on_loop(self._add_reader, sock)
         client.on_socket_close = lambda c, u, sock: self._on_loop(self._forget_socket, sock)
         client.on_socket_register_write = lambda c, u, sock: self._on_loop(self._add_writer, sock)
@@ -106,10 +113,24 @@ class _Connection:
         self._loop.add_reader(sock, self._readable)
 
     def _readable(self) -> None:
-        self.client.loop_read()
-        # TLS may hold decrypted bytes that select() cannot see.
-        while self._sock is not None and getattr(self._sock, "pending", lambda: 0)():
+        try:
             self.client.loop_read()
+            # TLS may hold decrypted bytes that select() cannot see.
+            while self._sock is not None and getattr(self._sock, "pending", lambda: 0)():
+                self.client.loop_read()
+        except Exception as exc:  # whatever failed in paho, the connection is not trusted
+            log.exception("MQTT read failed; dropping the connection")
+            self.abort(f"read failed: {exc}")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        handler = self._on_message_handler
+        if handler is None:
+            return
+        try:
+            handler(message)
+        except Exception:  # a failing handler must not take paho's read loop down
+            self.callback_errors += 1
+            log.exception("handler of a message on %s failed", message.topic)
 
     def _add_writer(self, sock: Any) -> None:
         if sock.fileno() >= 0:
@@ -156,11 +177,12 @@ class _Connection:
         else:
             future.set_result(None)
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> asyncio.Future[None]:
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool,
+                properties: Properties | None = None) -> asyncio.Future[None]:
         """Send one message; the future completes on PUBACK (QoS 1) or when written (QoS 0)."""
         if self.closed.done():
             raise LinkDown("not connected")
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise LinkDown(f"publish failed: {mqtt.error_string(info.rc)}")
         future: asyncio.Future[None] = self._loop.create_future()
@@ -173,7 +195,7 @@ class _Connection:
     def misc(self) -> None:
         self.client.loop_misc()
 
-    def abort(self) -> None:
+    def abort(self, why: str = "connection aborted") -> None:
         """Drop the socket without a DISCONNECT (so the broker sends the LWT)."""
         self._aborted = True
         if self._sock is not None:
@@ -181,12 +203,19 @@ class _Connection:
             self._forget_socket(sock)
             with contextlib.suppress(OSError):
                 sock.close()
+        if not self.closed.done():
+            self.closed.set_result(why)
         unspecified = ReasonCode(PacketTypes.DISCONNECT, identifier=0x80)
         self._on_disconnect(self.client, None, None, unspecified, None)
 
 
 class MqttLink:
-    """Keeps this device connected to its broker and publishes with acknowledgement."""
+    """Keeps this device connected to its broker and publishes with acknowledgement.
+
+    ``subscriptions`` are (re)subscribed at QoS 1 on every connection and their messages
+    go to ``on_message`` on the loop thread; ``on_connected`` runs (as a task of the link)
+    after each connection is up, e.g. to republish the retained state snapshot.
+    """
 
     def __init__(
         self,
@@ -195,14 +224,39 @@ class MqttLink:
         *,
         boot_id: str,
         on_state: Callable[[LinkState, str], None] | None = None,
+        subscriptions: tuple[str, ...] = (),
+        on_message: MessageHandler | None = None,
+        on_connected: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._config = config
         self._topics = topics
         self._boot_id = boot_id
         self._on_state = on_state
+        self._subscriptions = subscriptions
+        self._on_message = on_message
+        self._on_connected = on_connected
         self._conn: _Connection | None = None
         self._up = asyncio.Event()
         self.state = LinkState.DOWN
+        self.connections = 0  # connections made since start
+        self.telemetry_expiry_s = config.telemetry_expiry_s
+
+    @property
+    def is_v5(self) -> bool:
+        return self._config.protocol == "5"
+
+    def properties(self, *, expiry_s: int | None = None, correlation: bytes | None = None
+                   ) -> Properties | None:
+        """PUBLISH properties (MQTT 5 only): schema version, message expiry, correlation."""
+        if not self.is_v5:
+            return None
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: unannotated
+        props.UserProperty = [("schema", SCHEMA_VERSION)]
+        if expiry_s is not None:
+            props.MessageExpiryInterval = expiry_s
+        if correlation is not None:
+            props.CorrelationData = correlation
+        return props
 
     def _set_state(self, state: LinkState, detail: str = "") -> None:
         if state is not self.state:
@@ -215,13 +269,15 @@ class MqttLink:
         await self._up.wait()
 
     async def publish(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+        expiry_s: int | None = None, correlation: bytes | None = None,
     ) -> None:
         """Publish and wait for the broker's acknowledgement; raise :class:`LinkDown`."""
         conn = self._conn
         if conn is None:
             raise LinkDown("not connected")
-        await conn.publish(topic, payload, qos, retain)
+        props = self.properties(expiry_s=expiry_s, correlation=correlation)
+        await conn.publish(topic, payload, qos, retain, props)
 
     async def run(self) -> None:
         """Connect, stay connected, reconnect forever. Cancel to stop."""
@@ -249,9 +305,15 @@ class MqttLink:
 
     async def _serve(self, conn: _Connection) -> str:
         self._conn = conn
+        self.connections += 1
         self._up.set()
         self._set_state(LinkState.UP)
+        hook: asyncio.Task[None] | None = None
         try:
+            for topic in self._subscriptions:
+                conn.client.subscribe(topic, qos=1)
+            if self._on_connected is not None:
+                hook = asyncio.create_task(self._run_hook(self._on_connected), name="on-connect")
             birth = self._status(online=True)
             # Not awaited: the birth message needs no answer to let events flow. If the
             # connection is already gone, the loop below notices.
@@ -262,14 +324,26 @@ class MqttLink:
                 await asyncio.wait({conn.closed}, timeout=MISC_INTERVAL_S)
             return conn.closed.result()
         finally:
+            if hook is not None:
+                hook.cancel()
+                await asyncio.gather(hook, return_exceptions=True)
             self._up.clear()
             self._conn = None
             if not conn.closed.done():  # cancelled while connected: say goodbye
                 await self._disconnect(conn)
 
+    @staticmethod
+    async def _run_hook(hook: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await hook()
+        except (LinkDown, PublishRejected) as exc:
+            log.info("on-connect work interrupted: %s", exc)
+        except Exception:  # supervised: a failing hook is logged, the link carries on
+            log.exception("on-connect work failed")
+
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        conn = _Connection(loop, self._new_client())
+        conn = _Connection(loop, self._new_client(), self._on_message)
         cfg = self._config
         kwargs: dict[str, Any] = {}
         if cfg.protocol == "5":

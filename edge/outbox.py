@@ -1,21 +1,30 @@
-"""The outbox: every event, durable in SQLite before anything acts on it.
+"""The outbox: every event durable in SQLite before anything acts on it, and bounded.
 
-Storage layer of the agent. One aiosqlite connection in WAL mode with
-``synchronous=FULL``: :meth:`Outbox.append` returns only once the event is committed and
-fsynced, so an access decision is on disk before its solenoid is energised. Each event
-gets the next ``seq`` (SQLite ``AUTOINCREMENT``: strictly increasing, never reused, even
-after deletes and restarts). Rows leave only through :meth:`Outbox.delete`, which the
-forwarder calls after the broker's PUBACK.
+Storage layer of the agent. Producers ``await append()``; one writer task commits
+whatever has queued in a single transaction (group commit: a batch is as large as the
+load makes it, so an idle outbox commits at once and a busy one commits thousands of
+events per fsync). WAL mode with ``synchronous=FULL`` for every class: group commit makes
+full durability cheap, so nothing is weakened for lower classes.
+
+Events leave only through :meth:`Outbox.ack` (after the broker's PUBACK) or by eviction
+when the byte budget is exhausted: oldest telemetry first, then oldest state; audit and
+alarm events are never evicted. Audit events are hash-chained (:mod:`edge.audit_chain`).
+A corrupt file is moved aside at open and a ``storage.recovered`` alarm queued; a full
+disk never blocks a producer: events are held in memory and ``storage.fault`` raised
+until writes succeed again. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
@@ -23,175 +32,513 @@ from typing import Any
 
 import aiosqlite
 
+from edge.audit_chain import GENESIS, link_hash
 from edge.errors import StorageError
+from edge.outbox_store import CorruptDatabase, SeqLease, check_integrity, migrate, move_aside
 
-SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    type TEXT NOT NULL,
-    class TEXT NOT NULL,
-    body TEXT NOT NULL
-);
-"""
+log = logging.getLogger(__name__)
+
+ROW_OVERHEAD = 48  # bytes a row costs beyond its body and type (key, ts, class, size, index)
+RESERVED_FIELDS = frozenset({"seq", "ts", "type", "class"})
+CHECKPOINT_INTERVAL_S = 30.0
+DROP_REPORT_INTERVAL_S = 60.0
+MAX_BATCH = 8192
+HELD_RETRY_S = 5.0
 
 
 class EventClass(StrEnum):
-    """Priority class of an event: audit and alarm matter most, telemetry least."""
+    """Priority class of an event, highest first. Audit and alarm are never evicted."""
 
     AUDIT = "audit"
     ALARM = "alarm"
     STATE = "state"
     TELEMETRY = "telemetry"
 
+    @property
+    def priority(self) -> int:
+        return _PRIORITY[self]
+
+    @property
+    def protected(self) -> bool:
+        return self in (EventClass.AUDIT, EventClass.ALARM)
+
+
+_PRIORITY = {c: i for i, c in enumerate(EventClass)}
+_BY_PRIORITY = list(EventClass)
+
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
-    """An event as committed: ``fields`` are its type-specific members."""
+    """An event with its ``seq``. ``durable`` is False only while storage has failed."""
 
     seq: int
     ts: float
     type: str
     event_class: EventClass
     fields: Mapping[str, Any]
+    durable: bool = True
 
     def to_wire(self) -> dict[str, Any]:
         """The event as published: ``{seq, ts, type, class, ...fields}``."""
-        return {
-            "seq": self.seq,
-            "ts": round(self.ts, 3),
-            "type": self.type,
-            "class": self.event_class.value,
-            **self.fields,
-        }
+        return {"seq": self.seq, "ts": self.ts, "type": self.type,
+                "class": self.event_class.value, **self.fields}
+
+    @property
+    def size(self) -> int:
+        return len(_body(self.fields)) + len(self.type) + ROW_OVERHEAD
+
+
+@dataclass
+class OutboxStats:
+    """Depth and bytes per class, the oldest waiting event, drops, and faults."""
+
+    depth: dict[str, int]
+    bytes: dict[str, int]
+    oldest_ts: float | None
+    wal_bytes: int
+    dropped: dict[str, int]
+    held_in_memory: int
+    fault: str | None
+
+    @property
+    def total_depth(self) -> int:
+        return sum(self.depth.values())
+
+
+@dataclass
+class _Pending:
+    event_type: str
+    fields: dict[str, Any]
+    event_class: EventClass
+    ts: float
+    future: asyncio.Future[StoredEvent] | None
+
+
+@dataclass
+class _Counters:
+    depth: dict[EventClass, int] = field(default_factory=lambda: dict.fromkeys(EventClass, 0))
+    bytes: dict[EventClass, int] = field(default_factory=lambda: dict.fromkeys(EventClass, 0))
+    dropped: dict[EventClass, int] = field(default_factory=lambda: dict.fromkeys(EventClass, 0))
+    unreported: dict[EventClass, int] = field(default_factory=lambda: dict.fromkeys(EventClass, 0))
+
+
+def _body(fields: Mapping[str, Any]) -> str:
+    return json.dumps(fields, separators=(",", ":"), sort_keys=True)
 
 
 class Outbox:
-    """The durable event queue. Use ``async with Outbox(path) as outbox``."""
+    """The durable, bounded event queue. Use ``async with Outbox(path) as outbox``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, max_bytes: int = 64 * 1024 * 1024,
+                 reserve_fraction: float = 0.1) -> None:
         self.path = path
+        self.max_bytes = max_bytes
+        self.evictable_limit = int(max_bytes * (1 - reserve_fraction))
         self._db: aiosqlite.Connection | None = None
-        self._depth = 0
+        self._c = _Counters()
         self._changed = asyncio.Condition()
+        self._queue: list[_Pending] = []
+        self._queued = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()
+        self._next_seq = 1
+        self._audit_head = GENESIS
+        self._lease = SeqLease.load(path)
+        self._held: list[StoredEvent] = []  # committed nowhere yet: storage has failed
+        self._fault: str | None = None
+        self._full_alarm = False
+        self._last_checkpoint = time.monotonic()
+        self._last_drop_report = 0.0
+        self.recovered_from: Path | None = None
+        self.committed_seq = 0  # highest seq committed so far
+        self._closing = False
+        self._last_failure = 0.0
 
+    # --- life cycle ---------------------------------------------------------------------
     async def __aenter__(self) -> Outbox:
         await self.open()
         return self
 
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
         await self.close()
 
     async def open(self) -> None:
-        """Open (creating if needed) the database and bring its schema up to date."""
+        """Check, recover if needed, migrate, connect, and start the writer."""
+        loop = asyncio.get_running_loop()
+        reason = await loop.run_in_executor(None, self._prepare_file)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = await aiosqlite.connect(self.path, isolation_level=None)
+            db = await aiosqlite.connect(self.path)
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"{self.path}: cannot open the outbox: {exc}") from exc
         try:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
-            await self._migrate(db)
-            async with db.execute("SELECT count(*) FROM events") as cursor:
-                row = await cursor.fetchone()
+            await self._load(db)
         except BaseException as exc:
             await db.close()  # or its worker thread would outlive us
             if isinstance(exc, sqlite3.Error):
                 raise StorageError(f"{self.path}: cannot use the outbox: {exc}") from exc
             raise
-        self._depth = int(row[0]) if row else 0
         self._db = db
+        self._writer = asyncio.create_task(self._write_loop(), name="outbox-writer")
+        if reason is not None:
+            await self.append("storage.recovered", {
+                "reason": reason, "moved_to": str(self.recovered_from),
+                "resumed_at_seq": self._next_seq}, event_class=EventClass.ALARM)
 
-    @staticmethod
-    async def _migrate(db: aiosqlite.Connection) -> None:
-        async with db.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
-        version = int(row[0]) if row else 0
-        if version > SCHEMA_VERSION:
-            raise StorageError(
-                f"outbox schema {version} is newer than this agent ({SCHEMA_VERSION})"
-            )
-        if version < 1:
-            await db.executescript(
-                f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-            )
+    def _prepare_file(self) -> str | None:
+        """Integrity check (moving a bad file aside), then migrations. Runs in a thread."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{self.path}: cannot open the outbox: {exc}") from exc
+        reason = None
+        try:
+            check_integrity(self.path)
+        except CorruptDatabase as exc:
+            reason = str(exc)
+            self.recovered_from = move_aside(self.path)
+            log.error("outbox %s is damaged (%s); kept as %s, starting a fresh one",
+                      self.path, reason, self.recovered_from)
+        try:
+            with sqlite3.connect(self.path, isolation_level=None) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                migrate(db)
+            db.close()
+        except ValueError as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: cannot open the outbox: {exc}") from exc
+        return reason
+
+    async def _load(self, db: aiosqlite.Connection) -> None:
+        rows = list(await db.execute_fetchall(
+            "SELECT class, count(*), coalesce(sum(size), 0) FROM events GROUP BY class"))
+        for cls, count, size in rows:
+            self._c.depth[_BY_PRIORITY[cls]] = int(count)
+            self._c.bytes[_BY_PRIORITY[cls]] = int(size)
+        high = list(await db.execute_fetchall(
+            "SELECT seq FROM sqlite_sequence WHERE name='events'"))
+        self._next_seq = max(int(high[0][0]) + 1 if high else 1, self._lease.reserved + 1
+                             if self.recovered_from is not None else 1)
+        head = list(await db.execute_fetchall(
+            "SELECT hash FROM events WHERE class = 0 AND hash IS NOT NULL "
+            "ORDER BY seq DESC LIMIT 1"))
+        anchor = list(await db.execute_fetchall(
+            "SELECT value FROM meta WHERE key='audit_anchor'"))
+        self._audit_head = head[0][0] if head else (anchor[0][0] if anchor else GENESIS)
+        for cls in EventClass:
+            stored = list(await db.execute_fetchall(
+                "SELECT value FROM meta WHERE key=?", (f"unreported_drops_{cls.value}",)))
+            self._c.unreported[cls] = int(stored[0][0]) if stored else 0
 
     async def close(self) -> None:
-        """Close the database. Idempotent."""
+        """Commit what is queued, stop the writer, checkpoint and close. Idempotent."""
+        if self._writer is not None:
+            self._closing = True
+            self._queued.set()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
         if self._db is not None:
+            try:
+                await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                log.warning("outbox checkpoint at close failed: %s", exc)
             await self._db.close()
             self._db = None
-
-    @property
-    def depth(self) -> int:
-        """Events waiting for the broker's acknowledgement."""
-        return self._depth
 
     def _conn(self) -> aiosqlite.Connection:
         if self._db is None:
             raise StorageError(f"{self.path}: the outbox is closed")
         return self._db
 
-    async def append(
-        self,
-        event_type: str,
-        fields: Mapping[str, Any],
-        *,
-        event_class: EventClass = EventClass.AUDIT,
-        ts: float | None = None,
-    ) -> StoredEvent:
-        """Commit one event and return it with its ``seq``; durable when this returns."""
-        when = time.time() if ts is None else ts
-        body = json.dumps(fields, separators=(",", ":"), sort_keys=True)
+    # --- producers ----------------------------------------------------------------------
+    async def append(self, event_type: str, fields: Mapping[str, Any], *,
+                     event_class: EventClass = EventClass.AUDIT,
+                     ts: float | None = None) -> StoredEvent:
+        """Queue one event and return once it is committed (or held, if storage failed)."""
+        if RESERVED_FIELDS & fields.keys():
+            raise ValueError(f"event fields may not use {sorted(RESERVED_FIELDS & fields.keys())}")
+        future: asyncio.Future[StoredEvent] = asyncio.get_running_loop().create_future()
+        self._enqueue(event_type, dict(fields), event_class, future, ts)
+        return await asyncio.shield(future)  # a cancelled producer does not un-commit
+
+    def _enqueue(self, event_type: str, fields: dict[str, Any], event_class: EventClass,
+                 future: asyncio.Future[StoredEvent] | None, ts: float | None = None) -> None:
+        if self._writer is None or self._closing:
+            raise StorageError(f"{self.path}: the outbox is closed")
+        when = round(time.time() if ts is None else ts, 3)
+        self._queue.append(_Pending(event_type, fields, event_class, when, future))
+        self._queued.set()
+
+    # --- the writer ---------------------------------------------------------------------
+    async def _write_loop(self) -> None:
         try:
-            cursor = await self._conn().execute(
-                "INSERT INTO events (ts, type, class, body) VALUES (?, ?, ?, ?)",
-                (when, event_type, event_class.value, body),
-            )
-        except sqlite3.Error as exc:
-            raise StorageError(f"{self.path}: cannot append {event_type}: {exc}") from exc
-        seq = cursor.lastrowid
-        assert seq is not None
-        await cursor.close()
+            await self._write_forever()
+        except BaseException as exc:
+            # Never silently: every producer still waiting learns that the outbox is gone.
+            if not isinstance(exc, asyncio.CancelledError):
+                log.exception("the outbox writer failed")
+            failure = StorageError(f"{self.path}: the outbox writer stopped: {exc!r}")
+            for pending in self._queue:
+                if pending.future is not None and not pending.future.done():
+                    pending.future.set_exception(failure)
+            self._queue.clear()
+            raise
+
+    async def _write_forever(self) -> None:
+        while not (self._closing and not self._queue):
+            if self._held:  # come back to retry them even if nothing new arrives
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(HELD_RETRY_S):
+                        await self._queued.wait()
+            else:
+                await self._queued.wait()
+            self._queued.clear()
+            while self._queue:
+                batch = self._queue[:MAX_BATCH]
+                stored = [self._stamp(p) for p in batch]
+                await self._commit(stored)
+                del self._queue[:len(batch)]  # only now: a failure above fails them all
+                for pending, event in zip(batch, stored, strict=True):
+                    if pending.future is not None and not pending.future.done():
+                        pending.future.set_result(event)
+            await self._maintain()
+
+    def _stamp(self, p: _Pending) -> StoredEvent:
+        """Give a queued event its seq (and its place in the audit chain)."""
+        seq, self._next_seq = self._next_seq, self._next_seq + 1
+        fields = p.fields
+        if p.event_class is EventClass.AUDIT:
+            fields = {**fields, "prev": self._audit_head}
+            self._audit_head = link_hash(self._audit_head, seq, p.ts, p.event_type, fields)
+        return StoredEvent(seq, p.ts, p.event_type, p.event_class, fields)
+
+    async def _commit(self, events: list[StoredEvent]) -> None:
+        """Write ``events`` (after any held ones) in one transaction, within the budget."""
+        batch = [*self._held, *events]
+        if not batch:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self._lease.extend, batch[-1].seq)
+            async with self._write_lock:
+                await self._make_room(batch)
+                await self._insert(batch)
+        except (sqlite3.Error, OSError) as exc:
+            self._hold(events, exc)
+            return
+        if self._fault is not None:
+            log.warning("outbox writes again after: %s", self._fault)
+            self._fault = None
+        self._held = []
         async with self._changed:
-            self._depth += 1
+            self.committed_seq = max(self.committed_seq, batch[-1].seq) if batch else \
+                self.committed_seq
+            for e in batch:
+                self._c.depth[e.event_class] += 1
+                self._c.bytes[e.event_class] += e.size
             self._changed.notify_all()
-        return StoredEvent(seq, when, event_type, event_class, dict(fields))
 
-    async def peek(self, limit: int) -> list[StoredEvent]:
-        """The ``limit`` oldest events, in ``seq`` order."""
-        async with self._conn().execute(
-            "SELECT seq, ts, type, class, body FROM events ORDER BY seq LIMIT ?", (limit,)
-        ) as cursor:
-            rows = await cursor.fetchall()
-        return [
-            StoredEvent(int(r[0]), float(r[1]), str(r[2]), EventClass(r[3]), json.loads(r[4]))
-            for r in rows
-        ]
-
-    async def delete(self, seqs: Iterable[int]) -> None:
-        """Remove acknowledged events, atomically (one statement, one commit)."""
+    async def _insert(self, batch: list[StoredEvent]) -> None:
         db = self._conn()
-        await db.execute(
-            "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))",
-            (json.dumps(list(seqs)),),
-        )
-        async with db.execute("SELECT count(*) FROM events") as cursor:
-            row = await cursor.fetchone()
+        rows = []
+        for e in batch:
+            body = _body(e.fields)
+            digest = e.fields.get("prev") and link_hash(
+                str(e.fields["prev"]), e.seq, e.ts, e.type, e.fields)
+            rows.append((e.seq, e.ts, e.event_class.priority, e.type, body, e.size,
+                         digest or None))
+        try:
+            await db.executemany(
+                "INSERT INTO events (seq, ts, class, type, body, size, hash) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
+
+    def _hold(self, events: list[StoredEvent], exc: Exception) -> None:
+        """Storage failed: keep the events in memory, flag them, raise the fault alarm once."""
+        first = self._fault is None
+        self._fault = f"{type(exc).__name__}: {exc}"
+        self._last_failure = time.monotonic()
+        held = [StoredEvent(e.seq, e.ts, e.type, e.event_class, e.fields, durable=False)
+                for e in events]
+        events[:] = held
+        self._held.extend(held)
+        log.error("outbox cannot write (%s); %d event(s) held in memory", exc, len(self._held))
+        if first:
+            self._held.append(self._stamp(_Pending(
+                "storage.fault", {"error": self._fault}, EventClass.ALARM, round(time.time(), 3),
+                None)))
+
+    async def _make_room(self, batch: list[StoredEvent]) -> None:
+        """Evict oldest telemetry, then state, so the batch fits the byte budget."""
+        incoming = sum(e.size for e in batch)
+        evictable_in = sum(e.size for e in batch if not e.event_class.protected)
+        used = self._used_bytes()
+        if used + incoming <= self.evictable_limit:
+            self._full_alarm = False
+            return
+        await self._checkpoint()  # the WAL counts: shrink it before evicting anything
+        used = self._used_bytes()
+        over = used + evictable_in - self.evictable_limit
+        for cls in (EventClass.TELEMETRY, EventClass.STATE):
+            if over <= 0:
+                break
+            over -= await self._evict(cls, over)
+        if over > 0:
+            for e in [e for e in batch if not e.event_class.protected][::-1]:
+                if over <= 0:
+                    break  # even the incoming evictable events do not fit: drop the newest
+                batch.remove(e)
+                over -= e.size
+                self._count_drop(e.event_class, 1)
+        if self._used_bytes() + sum(e.size for e in batch) > self.max_bytes \
+                and not self._full_alarm:
+            self._full_alarm = True
+            batch.append(self._stamp(_Pending(
+                "storage.full", {"max_bytes": self.max_bytes, "used_bytes": self._used_bytes()},
+                EventClass.ALARM, round(time.time(), 3), None)))
+
+    async def _evict(self, cls: EventClass, needed: int) -> int:
+        db = self._conn()
+        rows = await db.execute_fetchall(
+            "SELECT seq, size FROM events WHERE class = ? ORDER BY seq LIMIT 10000",
+            (cls.priority,))
+        chosen, freed = [], 0
+        for seq, size in rows:
+            if freed >= needed:
+                break
+            chosen.append(seq)
+            freed += int(size)
+        if not chosen:
+            return 0
+        await db.execute("DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))",
+                         (json.dumps(chosen),))
+        self._count_drop(cls, len(chosen))
+        await db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                         (f"unreported_drops_{cls.value}", str(self._c.unreported[cls])))
+        await db.commit()
+        self._c.depth[cls] -= len(chosen)
+        self._c.bytes[cls] -= freed
+        log.warning("outbox full: evicted %d %s event(s)", len(chosen), cls.value)
+        return freed
+
+    def _count_drop(self, cls: EventClass, n: int) -> None:
+        self._c.dropped[cls] += n
+        self._c.unreported[cls] += n
+
+    def _used_bytes(self) -> int:
+        try:
+            wal = os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            wal = 0
+        return sum(self._c.bytes.values()) + wal
+
+    async def _checkpoint(self) -> None:
+        try:
+            await self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("outbox checkpoint failed: %s", exc)
+        self._last_checkpoint = time.monotonic()
+
+    async def _maintain(self) -> None:
+        """Between batches: report drops (at most once a minute) and checkpoint the WAL."""
+        now = time.monotonic()
+        if any(self._c.unreported.values()) and \
+                now - self._last_drop_report >= DROP_REPORT_INTERVAL_S:
+            self._last_drop_report = now
+            counts = {c.value: n for c, n in self._c.unreported.items() if n}
+            self._c.unreported = dict.fromkeys(EventClass, 0)
+            self._enqueue("outbox.dropped", {"evicted": counts}, EventClass.ALARM, None)
+            async with self._write_lock:
+                await self._conn().execute("DELETE FROM meta WHERE key LIKE 'unreported_drops_%'")
+                await self._conn().commit()
+        if self._held and now - self._last_failure >= HELD_RETRY_S:
+            await self._commit([])  # storage failed earlier: try the held events again
+        if now - self._last_checkpoint >= CHECKPOINT_INTERVAL_S:
+            async with self._write_lock:
+                await self._checkpoint()
+
+    # --- the forwarder's side -----------------------------------------------------------
+    async def peek(self, event_class: EventClass, *, after_seq: int = 0, limit: int = 100,
+                   max_bytes: int = 256 * 1024) -> list[StoredEvent]:
+        """The oldest events of one class after ``after_seq``, at most ``limit`` and
+        about ``max_bytes`` (always at least one)."""
+        rows = await self._conn().execute_fetchall(
+            "SELECT seq, ts, type, body, size FROM events WHERE class = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?", (event_class.priority, after_seq, limit))
+        out: list[StoredEvent] = []
+        total = 0
+        for seq, ts, event_type, body, size in rows:
+            total += int(size)
+            if out and total > max_bytes:
+                break
+            out.append(StoredEvent(int(seq), float(ts), str(event_type), event_class,
+                                   json.loads(body)))
+        return out
+
+    async def ack(self, events: Iterable[StoredEvent]) -> None:
+        """Delete events the broker acknowledged (one statement, one commit)."""
+        acked = list(events)
+        if not acked:
+            return
+        db = self._conn()
+        last_audit = max((e for e in acked if e.event_class is EventClass.AUDIT),
+                         key=lambda e: e.seq, default=None)
+        async with self._write_lock:
+            if last_audit is not None:  # keep the chain checkable after its start is gone
+                await db.execute(
+                    "INSERT OR REPLACE INTO meta SELECT 'audit_anchor', hash FROM events "
+                    "WHERE seq = ? AND hash IS NOT NULL", (last_audit.seq,))
+            cursor = await db.execute(
+                "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))",
+                (json.dumps([e.seq for e in acked]),))
+            deleted = cursor.rowcount
+            await db.commit()
+        if deleted != len(acked):
+            log.warning("ack of %d event(s) deleted %d (evicted meanwhile)", len(acked), deleted)
         async with self._changed:
-            self._depth = int(row[0]) if row else 0
+            for e in acked:
+                self._c.depth[e.event_class] = max(0, self._c.depth[e.event_class] - 1)
+                self._c.bytes[e.event_class] = max(0, self._c.bytes[e.event_class] - e.size)
             self._changed.notify_all()
+
+    # --- observation --------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        """Events committed and waiting for the broker's acknowledgement."""
+        return sum(self._c.depth.values())
+
+    def class_depth(self, event_class: EventClass) -> int:
+        return self._c.depth[event_class]
+
+    async def stats(self) -> OutboxStats:
+        rows = list(await self._conn().execute_fetchall("SELECT min(ts) FROM events"))
+        oldest = rows[0][0] if rows and rows[0][0] is not None else None
+        wal = self._used_bytes() - sum(self._c.bytes.values())
+        return OutboxStats(
+            depth={c.value: n for c, n in self._c.depth.items()},
+            bytes={c.value: n for c, n in self._c.bytes.items()},
+            oldest_ts=oldest, wal_bytes=wal,
+            dropped={c.value: n for c, n in self._c.dropped.items()},
+            held_in_memory=len(self._held), fault=self._fault,
+        )
 
     async def wait_nonempty(self) -> None:
         """Return once at least one event is waiting."""
         async with self._changed:
-            await self._changed.wait_for(lambda: self._depth > 0)
+            await self._changed.wait_for(lambda: self.depth > 0)
+
+    async def wait_committed_after(self, seq: int) -> None:
+        """Return once an event with a seq above ``seq`` has been committed."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.committed_seq > seq)
 
     async def wait_empty(self) -> None:
         """Return once every event has been acknowledged and deleted."""
         async with self._changed:
-            await self._changed.wait_for(lambda: self._depth == 0)
+            await self._changed.wait_for(lambda: self.depth == 0 and not self._queue)

@@ -27,3 +27,23 @@ class DeviceTopics:
     def events(self) -> str:
         """Batches of events: ``{"device", "events": [{seq, ts, type, ...}]}``."""
         return f"{self.base}/events"
+
+    @property
+    def telemetry(self) -> str:
+        """Batches of telemetry events, same shape as ``events``."""
+        return f"{self.base}/telemetry"
+
+    @property
+    def state(self) -> str:
+        """Retained snapshot of the device's current state."""
+        return f"{self.base}/state"
+
+    @property
+    def cmd(self) -> str:
+        """Commands in."""
+        return f"{self.base}/cmd"
+
+    @property
+    def cmd_result(self) -> str:
+        """Command replies for MQTT 3.1.1 clients (MQTT 5 uses the response topic)."""
+        return f"{self.base}/cmd/result"

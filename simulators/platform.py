@@ -112,6 +112,16 @@ class PlatformRecorder:
                 self._changed.clear()
                 await self._changed.wait()
 
+    def in_order_per_class(self) -> bool:
+        """True if, for each device and class, events arrived in increasing seq order."""
+        last: dict[tuple[str, str], int] = {}
+        for e in self.events:
+            key = (str(e["device"]), str(e.get("class")))
+            if int(e["seq"]) <= last.get(key, 0):
+                return False
+            last[key] = int(e["seq"])
+        return True
+
     def of_type(self, event_type: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == event_type]
 

@@ -80,7 +80,7 @@ def test_demo_plays_the_whole_scene_and_exits_cleanly(tmp_path: Path) -> None:
         "DENIED  B1  reason=missing_skill missing battery-handling",
         "GRANTED B1  reason=granted",
         "link      down",
-        "in order, no gaps",
+        "in order per class, no gaps",
         "stopped cleanly: outputs off, outbox closed, empty",
     ):
         assert expected in out, f"{expected!r} missing from:\n{out}"

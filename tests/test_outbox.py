@@ -1,72 +1,220 @@
-"""The outbox: durable appends, seq that never goes back, deletion only on request."""
+"""The outbox: group commit, seq that never goes back, classes, the byte budget, the audit
+chain, and recovery from damaged files and full disks."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from edge.audit_chain import GENESIS, verify_chain, verify_outbox
 from edge.errors import StorageError
-from edge.outbox import SCHEMA_VERSION, EventClass, Outbox
+from edge.outbox import EventClass, Outbox
+from edge.outbox_store import SCHEMA_VERSION, SEQ_LEASE
 
 
-async def test_append_is_committed_and_visible_to_another_connection(tmp_path: Path) -> None:
+def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return db.execute(sql).fetchall()
+
+
+async def test_append_returns_after_commit_visible_to_another_connection(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
     async with Outbox(path) as outbox:
         stored = await outbox.append("access.granted", {"compartment": "A1"})
-        with sqlite3.connect(path) as other:
-            rows = other.execute("SELECT seq, type, class, body FROM events").fetchall()
-    assert rows == [(stored.seq, "access.granted", "audit", '{"compartment":"A1"}')]
+        seen = rows(path, "SELECT seq, type, class FROM events")
+    assert seen == [(stored.seq, "access.granted", 0)]
+    assert stored.fields["prev"] == GENESIS
 
 
-async def test_wal_mode_and_full_sync(tmp_path: Path) -> None:
+async def test_wal_full_sync_and_schema_version(tmp_path: Path) -> None:
     async with Outbox(tmp_path / "o.db") as outbox:
         db = outbox._conn()
-        async with db.execute("PRAGMA journal_mode") as cur:
-            assert await cur.fetchone() == ("wal",)
-        async with db.execute("PRAGMA synchronous") as cur:
-            assert await cur.fetchone() == (2,)  # FULL
-        async with db.execute("PRAGMA user_version") as cur:
-            assert await cur.fetchone() == (SCHEMA_VERSION,)
+        assert list(await db.execute_fetchall("PRAGMA journal_mode")) == [("wal",)]
+        assert list(await db.execute_fetchall("PRAGMA synchronous")) == [(2,)]  # FULL
+        assert list(await db.execute_fetchall("PRAGMA user_version")) == [(SCHEMA_VERSION,)]
 
 
-async def test_seq_increases_across_deletes_and_restarts(tmp_path: Path) -> None:
+async def test_concurrent_producers_share_commits(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "o.db") as outbox:
+        stored = await asyncio.gather(*(
+            outbox.append("t", {"i": i}, event_class=EventClass.TELEMETRY) for i in range(500)))
+        changes_per_commit = outbox._conn().total_changes
+    seqs = [e.seq for e in stored]
+    assert sorted(seqs) == list(range(1, 501))
+    assert seqs == sorted(seqs)  # queued order is seq order
+    assert changes_per_commit == 500
+
+
+async def test_seq_increases_across_acks_and_restarts(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     async with Outbox(path) as outbox:
-        first = [await outbox.append("t", {"i": i}) for i in range(3)]
-        await outbox.delete(e.seq for e in first)
+        first = [await outbox.append("t", {"i": i}, event_class=EventClass.STATE)
+                 for i in range(3)]
+        await outbox.ack(first)
         assert outbox.depth == 0
     async with Outbox(path) as reopened:
-        again = await reopened.append("t", {})
+        again = await reopened.append("t", {}, event_class=EventClass.STATE)
     assert [e.seq for e in first] == [1, 2, 3]
     assert again.seq == 4
 
 
-async def test_peek_returns_oldest_first_and_delete_removes_only_those(tmp_path: Path) -> None:
+async def test_peek_by_class_in_seq_order_with_byte_bound(tmp_path: Path) -> None:
     async with Outbox(tmp_path / "o.db") as outbox:
         for i in range(5):
-            await outbox.append("t", {"i": i}, event_class=EventClass.STATE, ts=1000.0 + i)
-        batch = await outbox.peek(2)
-        assert [e.fields["i"] for e in batch] == [0, 1]
-        assert batch[0].to_wire() == {"seq": 1, "ts": 1000.0, "type": "t", "class": "state",
-                                      "i": 0}
-        await outbox.delete(e.seq for e in batch)
-        assert outbox.depth == 3
-        assert [e.seq for e in await outbox.peek(10)] == [3, 4, 5]
+            await outbox.append("s", {"i": i, "pad": "x" * 100}, event_class=EventClass.STATE)
+            await outbox.append("t", {"i": i}, event_class=EventClass.TELEMETRY)
+        state = await outbox.peek(EventClass.STATE, limit=10)
+        assert [e.fields["i"] for e in state] == [0, 1, 2, 3, 4]
+        assert [e.fields["i"] for e in await outbox.peek(EventClass.STATE, after_seq=state[1].seq)
+                ] == [2, 3, 4]
+        assert len(await outbox.peek(EventClass.STATE, max_bytes=1)) == 1  # always one
+        await outbox.ack(state[:2])
+        assert outbox.class_depth(EventClass.STATE) == 3
+        assert outbox.class_depth(EventClass.TELEMETRY) == 5
+        stats = await outbox.stats()
+    assert stats.depth["state"] == 3
+    assert stats.bytes["state"] > 300
+    assert stats.oldest_ts is not None
 
 
-async def test_depth_is_restored_at_open(tmp_path: Path) -> None:
+async def test_depth_per_class_is_restored_at_open(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     async with Outbox(path) as outbox:
-        await outbox.append("t", {})
-        await outbox.append("t", {})
+        await outbox.append("a", {})
+        await outbox.append("t", {}, event_class=EventClass.TELEMETRY)
     async with Outbox(path) as reopened:
         assert reopened.depth == 2
+        assert reopened.class_depth(EventClass.AUDIT) == 1
 
 
-async def test_waiters_wake_on_append_and_on_empty(tmp_path: Path) -> None:
+async def test_migrates_a_version_1_file(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript("""
+            CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL,
+                type TEXT NOT NULL, class TEXT NOT NULL, body TEXT NOT NULL);
+            INSERT INTO events (ts, type, class, body) VALUES (1.0, 'door.opened', 'state', '{}');
+            INSERT INTO events (ts, type, class, body) VALUES (2.0, 'x', 'audit', '{}');
+            PRAGMA user_version = 1;
+        """)
+    async with Outbox(path) as outbox:
+        assert outbox.class_depth(EventClass.STATE) == 1
+        assert [e.type for e in await outbox.peek(EventClass.STATE)] == ["door.opened"]
+        new = await outbox.append("y", {})
+    assert new.seq == 3
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StorageError, match="newer than this agent"):
+        await Outbox(path).open()
+
+
+async def test_budget_evicts_oldest_telemetry_and_never_audit(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    async with Outbox(path, max_bytes=200_000) as outbox:
+        audits = [await outbox.append("access.granted", {"n": i}) for i in range(20)]
+        for burst in range(10):
+            await asyncio.gather(*(outbox.append("sensor.minute", {"b": burst, "pad": "x" * 400},
+                                                 event_class=EventClass.TELEMETRY)
+                                   for _ in range(100)))
+        stats = await outbox.stats()
+        assert stats.dropped["telemetry"] > 0
+        assert stats.depth["audit"] == 20  # none evicted
+        remaining = await outbox.peek(EventClass.TELEMETRY, limit=10_000, max_bytes=10**9)
+        assert remaining[0].fields["b"] > 0  # the oldest went first
+        assert sum(stats.bytes.values()) <= outbox.evictable_limit
+        alarms = await outbox.peek(EventClass.ALARM)
+    dropped = [e for e in alarms if e.type == "outbox.dropped"]
+    assert dropped
+    assert dropped[0].fields["evicted"]["telemetry"] > 0
+    assert [e.seq for e in audits] == sorted(e.seq for e in audits)
+
+
+async def test_audit_beyond_the_budget_is_kept_and_raises_storage_full(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "o.db", max_bytes=20_000) as outbox:
+        for i in range(120):
+            await outbox.append("access.granted", {"n": i, "pad": "y" * 200})
+        assert outbox.class_depth(EventClass.AUDIT) == 120
+        alarms = await outbox.peek(EventClass.ALARM)
+    assert [e.type for e in alarms] == ["storage.full"]
+
+
+async def test_audit_chain_verifies_and_detects_tampering(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    async with Outbox(path) as outbox:
+        events = [await outbox.append("access.denied", {"reason": "expired", "n": i})
+                  for i in range(6)]
+        await outbox.append("door.opened", {}, event_class=EventClass.STATE)
+        assert verify_chain([e.to_wire() for e in events]).ok
+        await outbox.ack(events[:2])  # the anchor keeps what is left checkable
+    assert verify_outbox(path).ok
+    assert verify_outbox(path).checked == 4
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        body = json.loads(db.execute("SELECT body FROM events WHERE seq = 4").fetchone()[0])
+        body["reason"] = "granted"
+        db.execute("UPDATE events SET body = ? WHERE seq = 4", (json.dumps(body),))
+        db.commit()
+    report = verify_outbox(path)
+    assert not report.ok
+    assert report.broken_at == 4
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+async def test_damaged_file_is_moved_aside_and_recovery_is_an_alarm(
+    tmp_path: Path, damage: str
+) -> None:
+    path = tmp_path / "o.db"
+    async with Outbox(path) as outbox:
+        for i in range(300):
+            await outbox.append("t", {"i": i, "pad": "z" * 300}, event_class=EventClass.STATE)
+    if damage == "garbage":
+        path.write_bytes(b"this is not a database" * 100)
+    else:
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    async with Outbox(path) as outbox:
+        alarms = await outbox.peek(EventClass.ALARM)
+        fresh = await outbox.append("after", {}, event_class=EventClass.STATE)
+    assert [e.type for e in alarms] == ["storage.recovered"]
+    moved = Path(alarms[0].fields["moved_to"])
+    assert moved.exists()
+    assert moved.name.startswith("o.db.corrupt-")
+    assert fresh.seq > 300  # never reuses a seq, even with the file gone
+    assert alarms[0].seq >= SEQ_LEASE
+
+
+async def test_disk_full_holds_events_raises_fault_and_catches_up(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "o.db") as outbox:
+        await outbox.append("warmup", {})
+        pages = next(iter(await outbox._conn().execute_fetchall("PRAGMA page_count")))[0]
+        await outbox._conn().execute(f"PRAGMA max_page_count = {pages}")
+        held = [await outbox.append("access.granted", {"n": i, "pad": "q" * 9000})
+                for i in range(5)]
+        assert not any(e.durable for e in held)  # the producer is not blocked
+        assert (await outbox.stats()).fault is not None
+        await outbox._conn().execute("PRAGMA max_page_count = 1000000")
+        after = await outbox.append("after", {})
+        assert after.durable
+        stats = await outbox.stats()
+        assert stats.fault is None
+        assert stats.held_in_memory == 0
+        alarms = await outbox.peek(EventClass.ALARM)
+        audit = await outbox.peek(EventClass.AUDIT, limit=100)
+    assert [e.type for e in alarms] == ["storage.fault"]
+    assert [e.seq for e in audit] == sorted(e.seq for e in audit)
+    assert {e.seq for e in held} <= {e.seq for e in audit}
+    assert verify_chain([e.to_wire() for e in audit]).ok
+
+
+async def test_waiters_wake_on_commit_and_on_empty(tmp_path: Path) -> None:
     async with Outbox(tmp_path / "o.db") as outbox:
         nonempty = asyncio.ensure_future(outbox.wait_nonempty())
         await asyncio.sleep(0)
@@ -74,16 +222,14 @@ async def test_waiters_wake_on_append_and_on_empty(tmp_path: Path) -> None:
         stored = await outbox.append("t", {})
         await asyncio.wait_for(nonempty, 1)
         empty = asyncio.ensure_future(outbox.wait_empty())
-        await outbox.delete([stored.seq])
+        await outbox.ack([stored])
         await asyncio.wait_for(empty, 1)
 
 
-async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "o.db"
-    with sqlite3.connect(path) as db:
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(StorageError, match="newer than this agent"):
-        await Outbox(path).open()
+async def test_reserved_field_names_are_refused(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "o.db") as outbox:
+        with pytest.raises(ValueError, match="may not use"):
+            await outbox.append("t", {"seq": 1})
 
 
 async def test_unopenable_path_is_a_storage_error(tmp_path: Path) -> None:
