@@ -76,7 +76,7 @@ def verify_outbox(path: Path) -> ChainReport:
             "SELECT seq, ts, type, body, hash FROM events WHERE class = 0 ORDER BY seq"
         ).fetchall()
     anchor = anchor_row[0] if anchor_row else GENESIS
-    wire = []
+    wire: list[dict[str, Any]] = []
     for seq, ts, event_type, body, stored_hash in rows:
         fields = json.loads(body)
         recomputed = link_hash(str(fields.get("prev")), seq, ts, event_type, fields)

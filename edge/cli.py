@@ -20,6 +20,7 @@ from pathlib import Path
 
 from edge import __version__
 from edge.agent import Agent
+from edge.audit_chain import verify_outbox
 from edge.config import load_config
 from edge.errors import ConfigError, CurbsideError
 from provisioning.badges import issue_badge
@@ -57,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a site configuration and exit")
     check.add_argument("-c", "--config", type=Path, required=True, help="site TOML file")
     check.set_defaults(handler=_cmd_check)
+
+    audit = sub.add_parser("audit", help="check the audit trail").add_subparsers(
+        dest="audit_command", required=True, metavar="ACTION"
+    )
+    verify = audit.add_parser("verify", help="check the hash chain of the audit events")
+    verify.add_argument("-c", "--config", type=Path, help="site TOML file (its outbox)")
+    verify.add_argument("--db", type=Path, help="an outbox file instead of the config's")
+    verify.set_defaults(handler=_cmd_audit_verify)
 
     issuer = sub.add_parser("issuer", help="manage a badge issuer key").add_subparsers(
         dest="issuer_command", required=True, metavar="ACTION"
@@ -104,6 +113,22 @@ def _cmd_check(args: argparse.Namespace) -> int:
     print(f"{args.config}: valid; device {config.device.id} at site {config.device.site}, "
           f"{len(config.compartments)} compartment(s), backend {config.hardware.backend}")
     return 0
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    if (args.config is None) == (args.db is None):
+        raise ConfigError("give either -c CONFIG or --db OUTBOX")
+    path = args.db if args.db is not None else load_config(args.config).storage.path
+    if not path.exists():
+        raise ConfigError(f"{path}: no outbox file there")
+    report = verify_outbox(path)
+    if report.ok:
+        print(f"{path}: audit chain intact: {report.checked} event(s) in the outbox, "
+              f"head {report.head[:16]}…")
+        return 0
+    print(f"{path}: audit chain BROKEN at seq {report.broken_at}: {report.problem} "
+          f"({report.checked} event(s) verified before it)")
+    return EXIT_FAILURE
 
 
 def _cmd_issuer_init(args: argparse.Namespace) -> int:

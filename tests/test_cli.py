@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import pytest
 from edge.agent import Agent
 from edge.cli import main, parse_duration
 from edge.errors import StorageError
+from edge.outbox import Outbox
 from provisioning.badges import BadgeVerifier
 from provisioning.keys import public_key_from_b64
 from simulators import demo as demo_module
@@ -161,3 +164,19 @@ def test_a_failing_agent_task_exits_1_with_its_reason(
     monkeypatch.setattr(Agent, "run", fail)
     assert main(["run", "-c", str(EXAMPLE)]) == 1
     assert "curbside: outbox.db: disk I/O error" in capsys.readouterr().err
+
+
+async def test_audit_verify_reports_intact_and_broken_chains(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db_path = tmp_path / "o.db"
+    async with Outbox(db_path) as outbox:
+        for i in range(3):
+            await outbox.append("access.granted", {"n": i})
+    assert main(["audit", "verify", "--db", str(db_path)]) == 0
+    assert "audit chain intact: 3 event(s)" in capsys.readouterr().out
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        db.execute("DELETE FROM events WHERE seq = 2")  # an event removed behind our back
+        db.commit()
+    assert main(["audit", "verify", "--db", str(db_path)]) == 1
+    assert "BROKEN at seq 3" in capsys.readouterr().out
