@@ -86,6 +86,9 @@ class _Connection:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        self._suback_waiting: set[int] = set()
+        self.subscribed = asyncio.Event()  # set once every subscription is acknowledged
         client.on_socket_open = lambda c, u, sock: self._on_loop(self._add_reader, sock)
         client.on_socket_close = lambda c, u, sock: self._on_loop(self._forget_socket, sock)
         client.on_socket_register_write = lambda c, u, sock: self._on_loop(self._add_writer, sock)
@@ -121,6 +124,22 @@ class _Connection:
         except Exception as exc:  # whatever failed in paho, the connection is not trusted
             log.exception("MQTT read failed; dropping the connection")
             self.abort(f"read failed: {exc}")
+
+    def subscribe(self, topics: tuple[str, ...]) -> None:
+        for topic in topics:
+            _, mid = self.client.subscribe(topic, qos=1)
+            if mid is not None:
+                self._suback_waiting.add(mid)
+        if not self._suback_waiting:
+            self.subscribed.set()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: Any,
+                      properties: Any) -> None:
+        if any(code.is_failure for code in codes):
+            log.error("broker refused a subscription: %s", codes)
+        self._suback_waiting.discard(mid)
+        if not self._suback_waiting:
+            self.subscribed.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         handler = self._on_message_handler
@@ -268,6 +287,15 @@ class MqttLink:
         """Return once the link is connected."""
         await self._up.wait()
 
+    async def wait_subscribed(self) -> None:
+        """Return once connected and every subscription has its SUBACK."""
+        while True:
+            await self._up.wait()
+            conn = self._conn
+            if conn is not None:
+                await conn.subscribed.wait()
+                return
+
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
         expiry_s: int | None = None, correlation: bytes | None = None,
@@ -310,8 +338,7 @@ class MqttLink:
         self._set_state(LinkState.UP)
         hook: asyncio.Task[None] | None = None
         try:
-            for topic in self._subscriptions:
-                conn.client.subscribe(topic, qos=1)
+            conn.subscribe(self._subscriptions)
             if self._on_connected is not None:
                 hook = asyncio.create_task(self._run_hook(self._on_connected), name="on-connect")
             birth = self._status(online=True)
