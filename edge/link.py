@@ -31,7 +31,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge import __version__
-from edge.config import MqttConfig
+from edge.config import MqttConfig, TlsConfig
 from edge.errors import CurbsideError
 from edge.topics import DeviceTopics
 
@@ -217,11 +217,14 @@ class _Connection:
     def abort(self, why: str = "connection aborted") -> None:
         """Drop the socket without a DISCONNECT (so the broker sends the LWT)."""
         self._aborted = True
-        if self._sock is not None:
-            sock, self._sock = self._sock, None
-            self._forget_socket(sock)
+        # Ours (registered with the loop) and paho's (maybe never registered: a connect
+        # that failed during the TLS or MQTT handshake) are usually the same socket.
+        for sock in {id(s): s for s in (self._sock, self.client.socket()) if s}.values():
+            if sock is self._sock:
+                self._forget_socket(sock)
             with contextlib.suppress(OSError):
                 sock.close()
+        self._sock = None
         if not self.closed.done():
             self.closed.set_result(why)
         unspecified = ReasonCode(PacketTypes.DISCONNECT, identifier=0x80)
@@ -370,7 +373,9 @@ class MqttLink:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        conn = _Connection(loop, self._new_client(), self._on_message)
+        context = _tls_context(self._config.tls) if self._config.tls is not None else None
+        client = self._new_client(context)
+        conn = _Connection(loop, client, self._on_message)
         cfg = self._config
         kwargs: dict[str, Any] = {}
         if cfg.protocol == "5":
@@ -379,17 +384,15 @@ class MqttLink:
         # that arrives as the connect fails, and the link would never stop.
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                await loop.run_in_executor(
-                    None,
-                    lambda: conn.client.connect(cfg.host, cfg.port, cfg.keepalive_s, **kwargs),
-                )
+                await loop.run_in_executor(None, lambda: _connect_or_close(
+                    client, context, cfg.host, cfg.port, cfg.keepalive_s, **kwargs))
                 await asyncio.shield(conn.connack)
         except BaseException:
             conn.abort()
             raise
         return conn
 
-    def _new_client(self) -> mqtt.Client:
+    def _new_client(self, context: ssl.SSLContext | None) -> mqtt.Client:
         cfg = self._config
         v5 = cfg.protocol == "5"
         client = mqtt.Client(
@@ -399,13 +402,8 @@ class MqttLink:
             clean_session=None if v5 else True,
         )
         client.connect_timeout = CONNECT_TIMEOUT_S
-        if cfg.tls is not None:
-            client.tls_set(
-                ca_certs=str(cfg.tls.ca_file),
-                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+        if context is not None:
+            client.tls_set_context(context)
         client.will_set(self._topics.status, self._status(online=False), qos=1, retain=True)
         return client
 
@@ -427,6 +425,38 @@ class MqttLink:
         finally:
             conn.abort()
 
+
+
+class _TrackingContext(ssl.SSLContext):
+    """Remembers the TLS socket it made, so a failed handshake's socket can be closed:
+    paho 2.2's ``_ssl_wrap_socket`` leaves it open when ``do_handshake()`` raises."""
+
+    made: ssl.SSLSocket | None = None
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        self.made = super().wrap_socket(*args, **kwargs)
+        return self.made
+
+
+def _tls_context(tls: TlsConfig) -> _TrackingContext:
+    """Verify the broker against our CA and its name; present our certificate; TLS >= 1.2."""
+    context = _TrackingContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_verify_locations(cafile=str(tls.ca_file))
+    if tls.cert_file is not None and tls.key_file is not None:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    return context
+
+
+def _connect_or_close(client: mqtt.Client, context: _TrackingContext | None, host: str,
+                      port: int, keepalive: int, **kwargs: Any) -> None:
+    """paho's blocking connect (run in an executor); no socket outlives a failure."""
+    try:
+        client.connect(host, port, keepalive, **kwargs)
+    except BaseException:
+        if context is not None and context.made is not None:
+            context.made.close()
+        raise
 
 
 def _consume(future: asyncio.Future[None]) -> None:

@@ -10,10 +10,20 @@ import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 SEARCH_PATH = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/opt/homebrew/sbin")
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """The broker's side of mutual TLS: the CA that signs clients, its own cert and key."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
 
 
 class BrokerError(RuntimeError):
@@ -44,7 +54,8 @@ class MosquittoBroker:
 
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *,
+                 tls: BrokerTls | None = None) -> None:
         executable = find_mosquitto()
         if executable is None:
             raise BrokerError("mosquitto is not installed (Debian/Ubuntu: apt install mosquitto)")
@@ -54,10 +65,19 @@ class MosquittoBroker:
         self.config_path = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self.tls = tls
 
     def _write_config(self) -> None:
-        lines = [
-            f"listener {self.port} {self.host}",
+        lines = [f"listener {self.port} {self.host}"]
+        if self.tls is not None:
+            lines += [
+                f"cafile {self.tls.ca_file}",
+                f"certfile {self.tls.cert_file}",
+                f"keyfile {self.tls.key_file}",
+                "require_certificate true",  # mutual TLS: no client certificate, no session
+                "use_identity_as_username true",
+            ]
+        lines += [
             "allow_anonymous true",
             # Sessions and queued QoS 1 messages survive a restart, as on a real site
             # broker: a platform with a persistent session misses nothing in an outage.
