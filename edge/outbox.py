@@ -18,25 +18,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
 from edge.audit_chain import GENESIS, link_hash
 from edge.errors import StorageError
-from edge.outbox_store import CorruptDatabase, SeqLease, check_integrity, migrate, move_aside
+from edge.outbox_store import (
+    CorruptDatabase,
+    SeqLease,
+    WriterConnection,
+    check_integrity,
+    migrate,
+    move_aside,
+)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ROW_OVERHEAD = 48  # bytes a row costs beyond its body and type (key, ts, class, size, index)
 RESERVED_FIELDS = frozenset({"seq", "ts", "type", "class"})
@@ -77,15 +87,13 @@ class StoredEvent:
     event_class: EventClass
     fields: Mapping[str, Any]
     durable: bool = True
+    body: str = ""  # ``fields`` as stored (JSON), computed once
+    size: int = 0  # bytes the row costs against the budget
 
     def to_wire(self) -> dict[str, Any]:
         """The event as published: ``{seq, ts, type, class, ...fields}``."""
         return {"seq": self.seq, "ts": self.ts, "type": self.type,
                 "class": self.event_class.value, **self.fields}
-
-    @property
-    def size(self) -> int:
-        return len(_body(self.fields)) + len(self.type) + ROW_OVERHEAD
 
 
 @dataclass
@@ -123,7 +131,14 @@ class _Counters:
 
 
 def _body(fields: Mapping[str, Any]) -> str:
-    return json.dumps(fields, separators=(",", ":"), sort_keys=True)
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def _event(seq: int, ts: float, event_type: str, event_class: EventClass,
+           fields: Mapping[str, Any], *, durable: bool = True) -> StoredEvent:
+    body = _body(fields)
+    return StoredEvent(seq, ts, event_type, event_class, fields, durable, body,
+                       len(body) + len(event_type) + ROW_OVERHEAD)
 
 
 class Outbox:
@@ -134,7 +149,9 @@ class Outbox:
         self.path = path
         self.max_bytes = max_bytes
         self.evictable_limit = int(max_bytes * (1 - reserve_fraction))
-        self._db: aiosqlite.Connection | None = None
+        self._db: aiosqlite.Connection | None = None  # reads
+        self._writer_db: WriterConnection | None = None  # writes, on their own thread
+        self._executor: ThreadPoolExecutor | None = None
         self._c = _Counters()
         self._changed = asyncio.Condition()
         self._queue: list[_Pending] = []
@@ -181,6 +198,13 @@ class Outbox:
                 raise StorageError(f"{self.path}: cannot use the outbox: {exc}") from exc
             raise
         self._db = db
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-writer")
+        try:
+            self._writer_db = await loop.run_in_executor(
+                self._executor, WriterConnection, self.path)
+        except sqlite3.Error as exc:
+            await self.close()
+            raise StorageError(f"{self.path}: cannot write the outbox: {exc}") from exc
         self._writer = asyncio.create_task(self._write_loop(), name="outbox-writer")
         if reason is not None:
             await self.append("storage.recovered", {
@@ -241,12 +265,25 @@ class Outbox:
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
         if self._db is not None:
-            try:
-                await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error as exc:
-                log.warning("outbox checkpoint at close failed: %s", exc)
             await self._db.close()
             self._db = None
+        if self._writer_db is not None:
+            try:
+                await self._on_writer(WriterConnection.checkpoint)
+            except sqlite3.Error as exc:
+                log.warning("outbox checkpoint at close failed: %s", exc)
+            await self._on_writer(WriterConnection.close)
+            self._writer_db = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def _on_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(writer_connection, *args)`` on the writer thread."""
+        if self._writer_db is None or self._executor is None:
+            raise StorageError(f"{self.path}: the outbox is closed")
+        call = functools.partial(fn, self._writer_db, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     def _conn(self) -> aiosqlite.Connection:
         if self._db is None:
@@ -262,7 +299,9 @@ class Outbox:
             raise ValueError(f"event fields may not use {sorted(RESERVED_FIELDS & fields.keys())}")
         future: asyncio.Future[StoredEvent] = asyncio.get_running_loop().create_future()
         self._enqueue(event_type, dict(fields), event_class, future, ts)
-        return await asyncio.shield(future)  # a cancelled producer does not un-commit
+        # A producer cancelled while waiting cancels only its wait: the writer skips done
+        # futures, and the event is committed all the same.
+        return await future
 
     def _enqueue(self, event_type: str, fields: dict[str, Any], event_class: EventClass,
                  future: asyncio.Future[StoredEvent] | None, ts: float | None = None) -> None:
@@ -304,6 +343,9 @@ class Outbox:
                 for pending, event in zip(batch, stored, strict=True):
                     if pending.future is not None and not pending.future.done():
                         pending.future.set_result(event)
+                # One turn of the loop: the producers just woken queue their next events,
+                # so the next commit carries all of them (group commit), not a trickle.
+                await asyncio.sleep(0)
             await self._maintain()
 
     def _stamp(self, p: _Pending) -> StoredEvent:
@@ -313,7 +355,7 @@ class Outbox:
         if p.event_class is EventClass.AUDIT:
             fields = {**fields, "prev": self._audit_head}
             self._audit_head = link_hash(self._audit_head, seq, p.ts, p.event_type, fields)
-        return StoredEvent(seq, p.ts, p.event_type, p.event_class, fields)
+        return _event(seq, p.ts, p.event_type, p.event_class, fields)
 
     async def _commit(self, events: list[StoredEvent]) -> None:
         """Write ``events`` (after any held ones) in one transaction, within the budget."""
@@ -321,8 +363,9 @@ class Outbox:
         if not batch:
             return
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                None, self._lease.extend, batch[-1].seq)
+            if batch[-1].seq > self._lease.reserved:  # once per SEQ_LEASE events
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self._lease.extend, batch[-1].seq)
             async with self._write_lock:
                 await self._make_room(batch)
                 await self._insert(batch)
@@ -342,29 +385,20 @@ class Outbox:
             self._changed.notify_all()
 
     async def _insert(self, batch: list[StoredEvent]) -> None:
-        db = self._conn()
         rows = []
         for e in batch:
-            body = _body(e.fields)
             digest = e.fields.get("prev") and link_hash(
                 str(e.fields["prev"]), e.seq, e.ts, e.type, e.fields)
-            rows.append((e.seq, e.ts, e.event_class.priority, e.type, body, e.size,
+            rows.append((e.seq, e.ts, e.event_class.priority, e.type, e.body, e.size,
                          digest or None))
-        try:
-            await db.executemany(
-                "INSERT INTO events (seq, ts, class, type, body, size, hash) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            await db.commit()
-        except BaseException:
-            await db.rollback()
-            raise
+        await self._on_writer(WriterConnection.insert, rows)
 
     def _hold(self, events: list[StoredEvent], exc: Exception) -> None:
         """Storage failed: keep the events in memory, flag them, raise the fault alarm once."""
         first = self._fault is None
         self._fault = f"{type(exc).__name__}: {exc}"
         self._last_failure = time.monotonic()
-        held = [StoredEvent(e.seq, e.ts, e.type, e.event_class, e.fields, durable=False)
+        held = [StoredEvent(e.seq, e.ts, e.type, e.event_class, e.fields, False, e.body, e.size)
                 for e in events]
         events[:] = held
         self._held.extend(held)
@@ -404,27 +438,17 @@ class Outbox:
                 EventClass.ALARM, round(time.time(), 3), None)))
 
     async def _evict(self, cls: EventClass, needed: int) -> int:
-        db = self._conn()
-        rows = await db.execute_fetchall(
-            "SELECT seq, size FROM events WHERE class = ? ORDER BY seq LIMIT 10000",
-            (cls.priority,))
-        chosen, freed = [], 0
-        for seq, size in rows:
-            if freed >= needed:
-                break
-            chosen.append(seq)
-            freed += int(size)
-        if not chosen:
-            return 0
-        await db.execute("DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))",
-                         (json.dumps(chosen),))
-        self._count_drop(cls, len(chosen))
-        await db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                         (f"unreported_drops_{cls.value}", str(self._c.unreported[cls])))
-        await db.commit()
-        self._c.depth[cls] -= len(chosen)
-        self._c.bytes[cls] -= freed
-        log.warning("outbox full: evicted %d %s event(s)", len(chosen), cls.value)
+        def unreported(rows: int) -> int:
+            return self._c.unreported[cls] + rows
+
+        rows, freed = await self._on_writer(
+            WriterConnection.evict, cls.priority, needed, f"unreported_drops_{cls.value}",
+            unreported)
+        if rows:
+            self._count_drop(cls, rows)
+            self._c.depth[cls] -= rows
+            self._c.bytes[cls] -= freed
+            log.warning("outbox full: evicted %d %s event(s)", rows, cls.value)
         return freed
 
     def _count_drop(self, cls: EventClass, n: int) -> None:
@@ -440,7 +464,7 @@ class Outbox:
 
     async def _checkpoint(self) -> None:
         try:
-            await self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            await self._on_writer(WriterConnection.checkpoint)
         except sqlite3.Error as exc:
             log.warning("outbox checkpoint failed: %s", exc)
         self._last_checkpoint = time.monotonic()
@@ -455,8 +479,7 @@ class Outbox:
             self._c.unreported = dict.fromkeys(EventClass, 0)
             self._enqueue("outbox.dropped", {"evicted": counts}, EventClass.ALARM, None)
             async with self._write_lock:
-                await self._conn().execute("DELETE FROM meta WHERE key LIKE 'unreported_drops_%'")
-                await self._conn().commit()
+                await self._on_writer(WriterConnection.clear_unreported)
         if self._held and now - self._last_failure >= HELD_RETRY_S:
             await self._commit([])  # storage failed earlier: try the held events again
         if now - self._last_checkpoint >= CHECKPOINT_INTERVAL_S:
@@ -478,7 +501,7 @@ class Outbox:
             if out and total > max_bytes:
                 break
             out.append(StoredEvent(int(seq), float(ts), str(event_type), event_class,
-                                   json.loads(body)))
+                                   json.loads(body), True, body, int(size)))
         return out
 
     async def ack(self, events: Iterable[StoredEvent]) -> None:
@@ -486,19 +509,11 @@ class Outbox:
         acked = list(events)
         if not acked:
             return
-        db = self._conn()
-        last_audit = max((e for e in acked if e.event_class is EventClass.AUDIT),
-                         key=lambda e: e.seq, default=None)
+        last_audit = max((e.seq for e in acked if e.event_class is EventClass.AUDIT),
+                         default=None)  # keep the chain checkable after its start is gone
         async with self._write_lock:
-            if last_audit is not None:  # keep the chain checkable after its start is gone
-                await db.execute(
-                    "INSERT OR REPLACE INTO meta SELECT 'audit_anchor', hash FROM events "
-                    "WHERE seq = ? AND hash IS NOT NULL", (last_audit.seq,))
-            cursor = await db.execute(
-                "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))",
-                (json.dumps([e.seq for e in acked]),))
-            deleted = cursor.rowcount
-            await db.commit()
+            deleted = await self._on_writer(
+                WriterConnection.ack, [e.seq for e in acked], last_audit)
         if deleted != len(acked):
             log.warning("ack of %d event(s) deleted %d (evicted meanwhile)", len(acked), deleted)
         async with self._changed:

@@ -11,11 +11,16 @@ the recorded bound, so a seq is never issued twice, at the cost of a visible jum
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 2
 SEQ_LEASE = 100_000
@@ -126,3 +131,76 @@ class SeqLease:
         finally:
             os.close(directory)
         self.reserved = reserved
+
+
+class WriterConnection:
+    """The outbox's only writing connection, used from one dedicated thread.
+
+    Each method is one unit of work for that thread: a whole batch is inserted and
+    committed (one fsync) in a single call, so a commit costs one thread hop.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(self.db)
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        return result
+
+    def insert(self, rows: list[tuple[Any, ...]]) -> None:
+        """Insert ``(seq, ts, class, type, body, size, hash)`` rows; durable on return."""
+        self._transaction(lambda db: db.executemany(
+            "INSERT INTO events (seq, ts, class, type, body, size, hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", rows))
+
+    def evict(self, priority: int, needed: int, unreported_key: str,
+              unreported: Callable[[int], int]) -> tuple[int, int]:
+        """Delete the oldest rows of a class until ``needed`` bytes are freed.
+
+        Returns (rows, bytes) deleted; ``unreported(rows)`` gives the drop count to persist.
+        """
+        def work(db: sqlite3.Connection) -> tuple[int, int]:
+            chosen, freed = [], 0
+            for seq, size in db.execute(
+                    "SELECT seq, size FROM events WHERE class = ? ORDER BY seq LIMIT 10000",
+                    (priority,)):
+                if freed >= needed:
+                    break
+                chosen.append(seq)
+                freed += int(size)
+            if chosen:
+                db.execute("DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))",
+                           (json.dumps(chosen),))
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                           (unreported_key, str(unreported(len(chosen)))))
+            return len(chosen), freed
+        return self._transaction(work)
+
+    def ack(self, seqs: list[int], audit_anchor_seq: int | None) -> int:
+        """Delete acknowledged rows; keep the chain anchor. Returns rows deleted."""
+        def work(db: sqlite3.Connection) -> int:
+            if audit_anchor_seq is not None:
+                db.execute("INSERT OR REPLACE INTO meta SELECT 'audit_anchor', hash FROM events "
+                           "WHERE seq = ? AND hash IS NOT NULL", (audit_anchor_seq,))
+            cursor = db.execute("DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))",
+                                (json.dumps(seqs),))
+            return cursor.rowcount
+        return self._transaction(work)
+
+    def clear_unreported(self) -> None:
+        self._transaction(lambda db: db.execute(
+            "DELETE FROM meta WHERE key LIKE 'unreported_drops_%'"))
+
+    def checkpoint(self) -> None:
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

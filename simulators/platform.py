@@ -92,7 +92,7 @@ class PlatformRecorder:
             return
         if len(parts) == 5 and parts[4] == "status":
             self.status[parts[3]] = body
-        elif len(parts) == 5 and parts[4] == "events":
+        elif len(parts) == 5 and parts[4] in ("events", "telemetry"):
             for event in body.get("events", []):
                 key = (str(body.get("device")), int(event["seq"]))
                 if key in self._seen:

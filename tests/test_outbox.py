@@ -43,11 +43,11 @@ async def test_concurrent_producers_share_commits(tmp_path: Path) -> None:
     async with Outbox(tmp_path / "o.db") as outbox:
         stored = await asyncio.gather(*(
             outbox.append("t", {"i": i}, event_class=EventClass.TELEMETRY) for i in range(500)))
-        changes_per_commit = outbox._conn().total_changes
+        changes = await outbox._on_writer(lambda w: w.db.total_changes)
     seqs = [e.seq for e in stored]
     assert sorted(seqs) == list(range(1, 501))
     assert seqs == sorted(seqs)  # queued order is seq order
-    assert changes_per_commit == 500
+    assert changes == 500
 
 
 async def test_seq_increases_across_acks_and_restarts(tmp_path: Path) -> None:
@@ -195,12 +195,12 @@ async def test_disk_full_holds_events_raises_fault_and_catches_up(tmp_path: Path
     async with Outbox(tmp_path / "o.db") as outbox:
         await outbox.append("warmup", {})
         pages = next(iter(await outbox._conn().execute_fetchall("PRAGMA page_count")))[0]
-        await outbox._conn().execute(f"PRAGMA max_page_count = {pages}")
+        await outbox._on_writer(lambda w: w.db.execute(f"PRAGMA max_page_count = {pages}"))
         held = [await outbox.append("access.granted", {"n": i, "pad": "q" * 9000})
                 for i in range(5)]
         assert not any(e.durable for e in held)  # the producer is not blocked
         assert (await outbox.stats()).fault is not None
-        await outbox._conn().execute("PRAGMA max_page_count = 1000000")
+        await outbox._on_writer(lambda w: w.db.execute("PRAGMA max_page_count = 1000000"))
         after = await outbox.append("after", {})
         assert after.durable
         stats = await outbox.stats()
