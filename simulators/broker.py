@@ -120,6 +120,17 @@ class MosquittoBroker:
         self.stop()
         raise BrokerError(f"mosquitto did not listen on {self.port} within {timeout_s}s")
 
+    @property
+    def persistence_file(self) -> Path:
+        return self.workdir / "mosquitto.db"
+
+    def kill(self) -> None:
+        """SIGKILL the broker: no goodbye, no persistence written."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
     def stop(self) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after 5 s)."""
         process, self._process = self._process, None

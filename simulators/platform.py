@@ -36,6 +36,7 @@ class PlatformRecorder:
     duplicate_keys: list[tuple[str, int]] = field(default_factory=list)
     status: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> last status
     malformed: int = 0
+    subscriptions: int = 0  # SUBACKs received: one per (re)connection
 
     def __post_init__(self) -> None:
         self._seen: set[tuple[str, int]] = set()
@@ -76,6 +77,11 @@ class PlatformRecorder:
         if self._loop is not None and self._subscribed is not None:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(_resolve, self._subscribed)
+                self._loop.call_soon_threadsafe(self._count_subscription)
+
+    def _count_subscription(self) -> None:
+        self.subscriptions += 1
+        self._changed.set()
 
     def _on_message(self, client: mqtt.Client, u: Any, message: mqtt.MQTTMessage) -> None:
         if self._loop is not None:
