@@ -1,0 +1,91 @@
+"""The MQTT payloads as pydantic models: the single source of docs/asyncapi.json.
+
+These models describe what the agent publishes and accepts; the AsyncAPI document is
+generated from them (``python -m edge.asyncapi``) and the tests validate payloads
+captured from a real broker against the generated schemas, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Hex64 = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Status(BaseModel):
+    """``…/status`` (retained): the birth message, the LWT and the goodbye."""
+
+    model_config = ConfigDict(extra="forbid")
+    online: bool
+    boot_id: str = Field(description="changes at every start of the agent")
+    version: str | None = Field(default=None, description="present in the birth message")
+
+
+class WireEvent(BaseModel):
+    """One event. Type-specific fields follow the four common ones (docs/mqtt-api.md)."""
+
+    model_config = ConfigDict(extra="allow")
+    seq: int = Field(ge=1, description="device-monotonic; deduplicate by (device, seq)")
+    ts: float = Field(description="Unix seconds, millisecond precision, agent clock")
+    type: str = Field(pattern=r"^[a-z_]+(\.[a-z_]+)+$", examples=["access.granted"])
+    class_: Literal["audit", "alarm", "state", "telemetry"] = Field(alias="class")
+    prev: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$",
+        description="audit events: hex SHA-256 chain link to the previous audit event")
+
+
+class EventBatch(BaseModel):
+    """``…/events`` and ``…/telemetry``: events of one class, oldest first."""
+
+    model_config = ConfigDict(extra="forbid")
+    device: str
+    events: list[WireEvent] = Field(min_length=1, max_length=100)
+
+
+class OutboxDepth(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    depth: int = Field(ge=0)
+    by_class: dict[str, int]
+
+
+class AgentCounters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scans: int = Field(ge=0)
+    unlocks: int = Field(ge=0)
+    garbage_lines: int = Field(ge=0)
+
+
+class StateSnapshot(BaseModel):
+    """``…/state`` (retained): the device now; republished on every connection."""
+
+    model_config = ConfigDict(extra="forbid")
+    device: str
+    site: str
+    boot_id: str
+    version: str
+    ts: float
+    doors: dict[str, Literal["open", "closed"]]
+    outbox: OutboxDepth
+    stats: AgentCounters
+
+
+class CommandRequest(BaseModel):
+    """``…/cmd``: a request; MQTT 5 clients set a response topic and correlation data."""
+
+    model_config = ConfigDict(extra="forbid")
+    command: str = Field(examples=["ping"])
+    id: str = Field(min_length=1, max_length=64, description="a repeated id is not re-run")
+    args: dict[str, object] = Field(default_factory=dict)
+
+
+class CommandReply(BaseModel):
+    """The reply, on the response topic (MQTT 5) or ``…/cmd/result`` (3.1.1)."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    command: str
+    ok: bool
+    result: dict[str, object] | None = None
+    error: str | None = None
