@@ -102,10 +102,8 @@ class Forwarder:
 
     async def _send(self, batch: list[StoredEvent]) -> None:
         cls = batch[0].event_class
-        payload = json.dumps(
-            {"device": self._topics.device, "events": [e.to_wire() for e in batch]},
-            separators=(",", ":"),
-        ).encode()
+        payload = (f'{{"device":{json.dumps(self._topics.device)},"events":['
+                   + ",".join(e.wire_json() for e in batch) + "]}").encode()
         topic = self._topics.telemetry if cls is EventClass.TELEMETRY else self._topics.events
         await self._link.publish(topic, payload, qos=1,
                                  expiry_s=self._link.telemetry_expiry_s

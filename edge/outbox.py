@@ -77,23 +77,53 @@ _PRIORITY = {c: i for i, c in enumerate(EventClass)}
 _BY_PRIORITY = list(EventClass)
 
 
-@dataclass(frozen=True, slots=True)
 class StoredEvent:
-    """An event with its ``seq``. ``durable`` is False only while storage has failed."""
+    """An event with its ``seq``. ``durable`` is False only while storage has failed.
 
-    seq: int
-    ts: float
-    type: str
-    event_class: EventClass
-    fields: Mapping[str, Any]
-    durable: bool = True
-    body: str = ""  # ``fields`` as stored (JSON), computed once
-    size: int = 0  # bytes the row costs against the budget
+    ``body`` is the JSON of the type-specific fields as stored; ``fields`` parses it on
+    demand, so draining a backlog never decodes and re-encodes what it only forwards.
+    """
+
+    __slots__ = ("_fields", "body", "digest", "durable", "event_class", "seq", "size", "ts",
+                 "type")
+
+    def __init__(self, seq: int, ts: float, event_type: str, event_class: EventClass,
+                 body: str, *, fields: Mapping[str, Any] | None = None, durable: bool = True,
+                 digest: str | None = None) -> None:
+        self.seq = seq
+        self.ts = ts
+        self.type = event_type
+        self.event_class = event_class
+        self.body = body
+        self.size = len(body) + len(event_type) + ROW_OVERHEAD  # bytes against the budget
+        self.durable = durable
+        self.digest = digest  # audit events: this event's chain hash
+        self._fields = fields
+
+    @property
+    def fields(self) -> Mapping[str, Any]:
+        if self._fields is None:
+            self._fields = json.loads(self.body)
+        return self._fields
+
+    def held(self) -> StoredEvent:
+        """This event, marked as held in memory (not durable)."""
+        return StoredEvent(self.seq, self.ts, self.type, self.event_class, self.body,
+                           fields=self._fields, durable=False, digest=self.digest)
 
     def to_wire(self) -> dict[str, Any]:
         """The event as published: ``{seq, ts, type, class, ...fields}``."""
         return {"seq": self.seq, "ts": self.ts, "type": self.type,
                 "class": self.event_class.value, **self.fields}
+
+    def wire_json(self) -> str:
+        """:meth:`to_wire` as JSON, spliced from the stored body without decoding it."""
+        head = (f'{{"seq":{self.seq},"ts":{self.ts!r},"type":{json.dumps(self.type)},'
+                f'"class":"{self.event_class.value}"')
+        return head + ("}" if self.body == "{}" else "," + self.body[1:])
+
+    def __repr__(self) -> str:
+        return f"StoredEvent(seq={self.seq}, type={self.type!r}, class={self.event_class.value})"
 
 
 @dataclass
@@ -135,10 +165,9 @@ def _body(fields: Mapping[str, Any]) -> str:
 
 
 def _event(seq: int, ts: float, event_type: str, event_class: EventClass,
-           fields: Mapping[str, Any], *, durable: bool = True) -> StoredEvent:
-    body = _body(fields)
-    return StoredEvent(seq, ts, event_type, event_class, fields, durable, body,
-                       len(body) + len(event_type) + ROW_OVERHEAD)
+           fields: Mapping[str, Any], *, digest: str | None = None) -> StoredEvent:
+    return StoredEvent(seq, ts, event_type, event_class, _body(fields), fields=fields,
+                       digest=digest)
 
 
 class Outbox:
@@ -351,11 +380,11 @@ class Outbox:
     def _stamp(self, p: _Pending) -> StoredEvent:
         """Give a queued event its seq (and its place in the audit chain)."""
         seq, self._next_seq = self._next_seq, self._next_seq + 1
-        fields = p.fields
-        if p.event_class is EventClass.AUDIT:
-            fields = {**fields, "prev": self._audit_head}
-            self._audit_head = link_hash(self._audit_head, seq, p.ts, p.event_type, fields)
-        return _event(seq, p.ts, p.event_type, p.event_class, fields)
+        if p.event_class is not EventClass.AUDIT:
+            return _event(seq, p.ts, p.event_type, p.event_class, p.fields)
+        fields = {**p.fields, "prev": self._audit_head}
+        self._audit_head = link_hash(self._audit_head, seq, p.ts, p.event_type, fields)
+        return _event(seq, p.ts, p.event_type, p.event_class, fields, digest=self._audit_head)
 
     async def _commit(self, events: list[StoredEvent]) -> None:
         """Write ``events`` (after any held ones) in one transaction, within the budget."""
@@ -387,10 +416,7 @@ class Outbox:
     async def _insert(self, batch: list[StoredEvent]) -> None:
         rows = []
         for e in batch:
-            digest = e.fields.get("prev") and link_hash(
-                str(e.fields["prev"]), e.seq, e.ts, e.type, e.fields)
-            rows.append((e.seq, e.ts, e.event_class.priority, e.type, e.body, e.size,
-                         digest or None))
+            rows.append((e.seq, e.ts, e.event_class.priority, e.type, e.body, e.size, e.digest))
         await self._on_writer(WriterConnection.insert, rows)
 
     def _hold(self, events: list[StoredEvent], exc: Exception) -> None:
@@ -398,8 +424,7 @@ class Outbox:
         first = self._fault is None
         self._fault = f"{type(exc).__name__}: {exc}"
         self._last_failure = time.monotonic()
-        held = [StoredEvent(e.seq, e.ts, e.type, e.event_class, e.fields, False, e.body, e.size)
-                for e in events]
+        held = [e.held() for e in events]
         events[:] = held
         self._held.extend(held)
         log.error("outbox cannot write (%s); %d event(s) held in memory", exc, len(self._held))
@@ -500,8 +525,7 @@ class Outbox:
             total += int(size)
             if out and total > max_bytes:
                 break
-            out.append(StoredEvent(int(seq), float(ts), str(event_type), event_class,
-                                   json.loads(body), True, body, int(size)))
+            out.append(StoredEvent(int(seq), float(ts), str(event_type), event_class, body))
         return out
 
     async def ack(self, events: Iterable[StoredEvent]) -> None:
