@@ -128,6 +128,9 @@ class PlatformRecorder:
             last[key] = int(e["seq"])
         return True
 
+    def of_device(self, device: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["device"] == device]
+
     def of_type(self, event_type: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == event_type]
 
