@@ -33,8 +33,9 @@ async def produce(outbox: Outbox, rate: float) -> None:
 
 
 async def main(db: Path, host: str, port: int, rate: float, *, drain_only: bool,
-               keepalive_s: int) -> int:
+               keepalive_s: int, protocol: str = "5") -> int:
     config = MqttConfig(host=host, port=port, allow_insecure=True, keepalive_s=keepalive_s,
+                        protocol=protocol,  # type: ignore[arg-type]  # checked by argparse
                         reconnect_min_s=0.05, reconnect_max_s=0.5)
     topics = DeviceTopics("crash-site", "producer-1")
     async with Outbox(db) as outbox:
@@ -60,12 +61,14 @@ def cli() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="events per second")
     parser.add_argument("--keepalive", type=int, default=5)
     parser.add_argument("--drain-only", action="store_true")
+    parser.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with contextlib.suppress(KeyboardInterrupt):
         raise SystemExit(asyncio.run(main(args.db, args.host, args.port, args.rate,
                                           drain_only=args.drain_only,
-                                          keepalive_s=args.keepalive)))
+                                          keepalive_s=args.keepalive,
+                                          protocol=args.protocol)))
 
 
 if __name__ == "__main__":
