@@ -28,13 +28,13 @@ def raw_paho_rate(port: int, count: int) -> float:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-raw")
     client.max_inflight_messages_set(100)
     client.max_queued_messages_set(0)
-    acked = threading.Event()
-    remaining = [count]
+    acked = threading.Condition()
+    done = [0]
 
     def on_publish(*_: object) -> None:
-        remaining[0] -= 1
-        if remaining[0] == 0:
-            acked.set()
+        with acked:
+            done[0] += 1
+            acked.notify_all()
 
     client.on_publish = on_publish
     client.connect("127.0.0.1", port)
@@ -43,7 +43,11 @@ def raw_paho_rate(port: int, count: int) -> float:
     for seq in range(1, count + 1):
         body = json.dumps({"device": "raw", "events": [{"seq": seq, **FIELDS}]})
         client.publish("curbside/v1/bench-site/raw/events", body, qos=1)
-    acked.wait(600)
+        if seq - done[0] > 20_000:  # paho's message ids wrap at 65535: stay well below
+            with acked:
+                acked.wait_for(lambda s=seq: s - done[0] <= 10_000, 60)
+    with acked:
+        acked.wait_for(lambda: done[0] >= count, 600)
     elapsed = time.perf_counter() - start
     client.disconnect()
     client.loop_stop()
