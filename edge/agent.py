@@ -195,22 +195,28 @@ class Agent:
     def _on_command(self, message: Any) -> None:
         self.commands.on_message(message)
 
-    def snapshot(self) -> dict[str, Any]:
+    async def snapshot(self) -> dict[str, Any]:
         """The retained ``state`` document: what the platform should know right now."""
         doors = self._lockers.door_states() if self._lockers is not None else {}
+        stats = await self.outbox.stats()
+        now = time.time()
         return {
             "device": self.topics.device, "site": self.topics.site, "boot_id": self.boot_id,
             "version": __version__, "ts": round(time.time(), 3),
             "doors": {cid: "closed" if closed else "open" for cid, closed in doors.items()},
-            "outbox": {"depth": self.outbox.depth,
-                       "by_class": {c.value: self.outbox.class_depth(c) for c in EventClass}},
+            "outbox": {"depth": stats.total_depth, "by_class": stats.depth,
+                       "bytes_by_class": stats.bytes, "wal_bytes": stats.wal_bytes,
+                       "oldest_age_s": None if stats.oldest_ts is None
+                       else round(max(0.0, now - stats.oldest_ts), 1),
+                       "dropped": stats.dropped, "held_in_memory": stats.held_in_memory,
+                       "fault": stats.fault},
             "stats": {"scans": self.stats.scans, "unlocks": self.stats.unlocks,
                       "garbage_lines": self.stats.garbage_lines},
         }
 
     async def publish_state(self) -> None:
         """Publish the retained snapshot (on every connection, and after changes)."""
-        body = json.dumps(self.snapshot(), separators=(",", ":")).encode()
+        body = json.dumps(await self.snapshot(), separators=(",", ":")).encode()
         await self.link.publish(self.topics.state, body, qos=1, retain=True)
 
     async def _republish_state(self) -> None:

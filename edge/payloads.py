@@ -44,10 +44,18 @@ class EventBatch(BaseModel):
     events: list[WireEvent] = Field(min_length=1, max_length=100)
 
 
-class OutboxDepth(BaseModel):
+class OutboxState(BaseModel):
+    """The outbox as the device sees it: what waits, its size, what was dropped."""
+
     model_config = ConfigDict(extra="forbid")
     depth: int = Field(ge=0)
     by_class: dict[str, int]
+    bytes_by_class: dict[str, int]
+    wal_bytes: int = Field(ge=0)
+    oldest_age_s: float | None = Field(description="age of the oldest waiting event")
+    dropped: dict[str, int] = Field(description="events evicted by the budget since start")
+    held_in_memory: int = Field(ge=0, description="events not yet written: storage failed")
+    fault: str | None = Field(description="the storage error while writes fail")
 
 
 class AgentCounters(BaseModel):
@@ -67,7 +75,7 @@ class StateSnapshot(BaseModel):
     version: str
     ts: float
     doors: dict[str, Literal["open", "closed"]]
-    outbox: OutboxDepth
+    outbox: OutboxState
     stats: AgentCounters
 
 

@@ -37,6 +37,7 @@ class PlatformRecorder:
     status: dict[str, dict[str, Any]] = field(default_factory=dict)  # device -> last status
     malformed: int = 0
     subscriptions: int = 0  # SUBACKs received: one per (re)connection
+    states: list[dict[str, Any]] = field(default_factory=list)  # every state snapshot seen
 
     def __post_init__(self) -> None:
         self._seen: set[tuple[str, int]] = set()
@@ -98,6 +99,8 @@ class PlatformRecorder:
             return
         if len(parts) == 5 and parts[4] == "status":
             self.status[parts[3]] = body
+        elif len(parts) == 5 and parts[4] == "state":
+            self.states.append(body)
         elif len(parts) == 5 and parts[4] in ("events", "telemetry"):
             for event in body.get("events", []):
                 key = (str(body.get("device")), int(event["seq"]))

@@ -8,12 +8,15 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from edge.agent import Agent
-from edge.config import load_config
-from edge.link import LinkState
-from edge.outbox import StoredEvent
+from edge.config import MqttConfig, load_config
+from edge.forwarder import Forwarder
+from edge.link import LinkState, MqttLink
+from edge.outbox import EventClass, Outbox, StoredEvent
+from edge.topics import DeviceTopics
 from simulators.badge_reader import PtyBadgeReader
 from simulators.broker import MosquittoBroker
 from simulators.gpio_world import LockerWorld, WorldPin, world_pin_factory
@@ -196,3 +199,45 @@ async def test_agent_starts_offline_unlocks_and_keeps_events(
     with contextlib.closing(sqlite3.connect(site.directory / "outbox.db")) as db:
         kept: list[Any] = db.execute("SELECT seq FROM events ORDER BY seq").fetchall()
     assert [row[0] for row in kept] == [e.seq for e in h.events]
+
+
+async def test_state_snapshot_is_retained_and_republished_on_every_connection(
+    site: VirtualSite, reader: PtyBadgeReader, broker: MosquittoBroker
+) -> None:
+    async with PlatformRecorder(broker.host, broker.port, SITE) as platform, \
+            running(site) as h:
+        await platform.wait_for(lambda p: len(p.states) >= 1, WAIT_S)
+        assert platform.states[-1]["doors"] == {"A1": "closed", "B1": "closed"}
+        broker.stop()
+        await h.until(has("link.down"))
+        broker.start()
+        await platform.wait_for(lambda p: len(p.states) >= 2, WAIT_S)
+    assert platform.states[-1]["boot_id"] == h.agent.boot_id
+
+
+async def test_evicted_telemetry_is_reported_to_the_platform(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    config = MqttConfig(host=broker.host, port=broker.port, allow_insecure=True,
+                        reconnect_min_s=0.05, reconnect_max_s=0.5)
+    topics = DeviceTopics(SITE, "tiny-1")
+    async with Outbox(tmp_path / "o.db", max_bytes=100_000) as outbox, \
+            PlatformRecorder(broker.host, broker.port, SITE) as platform:
+        for _ in range(6):  # offline: 6 x 100 x ~500 bytes into a 100 kB budget
+            await asyncio.gather(*(outbox.append("sensor.minute", {"pad": "x" * 400},
+                                                 event_class=EventClass.TELEMETRY)
+                                   for _ in range(100)))
+        link = MqttLink(config, topics, boot_id="tiny")
+        tasks = [asyncio.ensure_future(link.run()),
+                 asyncio.ensure_future(Forwarder(outbox, link, topics).run())]
+        try:
+            await platform.wait_for(lambda p: bool(p.of_type("outbox.dropped")), WAIT_S)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    [dropped] = platform.of_type("outbox.dropped")
+    assert dropped["class"] == "alarm"
+    assert dropped["evicted"]["telemetry"] > 0
+    telemetry = [e for e in platform.events if e["class"] == "telemetry"]
+    assert all(e["type"] == "sensor.minute" for e in telemetry)
