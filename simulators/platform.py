@@ -131,6 +131,20 @@ class PlatformRecorder:
             last[key] = int(e["seq"])
         return True
 
+    async def expect_every_seq(self, high: int, timeout_s: float = 30.0) -> None:
+        """Wait until seqs 1..``high`` have all arrived; fail naming the missing ranges."""
+        try:
+            await self.wait_for(lambda p: len(p.events) >= high, timeout_s)
+        except TimeoutError:
+            got = {int(e["seq"]) for e in self.events}
+            ranges: list[tuple[int, int]] = []
+            for seq in sorted(set(range(1, high + 1)) - got):
+                if ranges and ranges[-1][1] == seq - 1:
+                    ranges[-1] = (ranges[-1][0], seq)
+                else:
+                    ranges.append((seq, seq))
+            raise AssertionError(f"of seq 1..{high}, these never arrived: {ranges}") from None
+
     def of_device(self, device: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["device"] == device]
 

@@ -45,13 +45,7 @@ async def test_sigkill_at_random_moments_loses_nothing(
         drain = start(db, broker, "--drain-only")
         assert drain.wait(timeout=60) == 0  # the outbox emptied: everything got a PUBACK
         high = committed_high_water(db)
-        try:
-            await platform.wait_for(lambda p: len(p.events) >= high, 30)
-        except TimeoutError:
-            got = {int(e["seq"]) for e in platform.events}
-            missing = sorted(set(range(1, high + 1)) - got)
-            raise AssertionError(f"high {high}, got {len(got)}, missing {missing[:20]} "
-                                 f"({len(missing)}), dup {platform.duplicates}") from None
+        await platform.expect_every_seq(high)
 
     seqs = sorted(int(e["seq"]) for e in platform.events)
     assert seqs == list(range(1, high + 1))  # every committed event, no gaps
