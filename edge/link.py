@@ -31,8 +31,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge import __version__
-from edge.config import MqttConfig, TlsConfig
+from edge.config import MqttConfig
 from edge.errors import CurbsideError
+from edge.mqtt_tls import connect_or_close, tls_context
 from edge.topics import DeviceTopics
 
 log = logging.getLogger(__name__)
@@ -373,7 +374,7 @@ class MqttLink:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        context = _tls_context(self._config.tls) if self._config.tls is not None else None
+        context = tls_context(self._config.tls) if self._config.tls is not None else None
         client = self._new_client(context)
         conn = _Connection(loop, client, self._on_message)
         cfg = self._config
@@ -384,7 +385,7 @@ class MqttLink:
         # that arrives as the connect fails, and the link would never stop.
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                await loop.run_in_executor(None, lambda: _connect_or_close(
+                await loop.run_in_executor(None, lambda: connect_or_close(
                     client, context, cfg.host, cfg.port, cfg.keepalive_s, **kwargs))
                 await asyncio.shield(conn.connack)
         except BaseException:
@@ -425,38 +426,6 @@ class MqttLink:
         finally:
             conn.abort()
 
-
-
-class _TrackingContext(ssl.SSLContext):
-    """Remembers the TLS socket it made, so a failed handshake's socket can be closed:
-    paho 2.2's ``_ssl_wrap_socket`` leaves it open when ``do_handshake()`` raises."""
-
-    made: ssl.SSLSocket | None = None
-
-    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
-        self.made = super().wrap_socket(*args, **kwargs)
-        return self.made
-
-
-def _tls_context(tls: TlsConfig) -> _TrackingContext:
-    """Verify the broker against our CA and its name; present our certificate; TLS >= 1.2."""
-    context = _TrackingContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_verify_locations(cafile=str(tls.ca_file))
-    if tls.cert_file is not None and tls.key_file is not None:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    return context
-
-
-def _connect_or_close(client: mqtt.Client, context: _TrackingContext | None, host: str,
-                      port: int, keepalive: int, **kwargs: Any) -> None:
-    """paho's blocking connect (run in an executor); no socket outlives a failure."""
-    try:
-        client.connect(host, port, keepalive, **kwargs)
-    except BaseException:
-        if context is not None and context.made is not None:
-            context.made.close()
-        raise
 
 
 def _consume(future: asyncio.Future[None]) -> None:

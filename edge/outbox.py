@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -36,6 +35,7 @@ import aiosqlite
 
 from edge.audit_chain import GENESIS, link_hash
 from edge.errors import StorageError
+from edge.events import RESERVED_FIELDS, EventClass, OutboxStats, StoredEvent
 from edge.outbox_store import (
     CorruptDatabase,
     SeqLease,
@@ -45,102 +45,14 @@ from edge.outbox_store import (
     move_aside,
 )
 
+__all__ = ["EventClass", "Outbox", "OutboxStats", "StoredEvent"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-ROW_OVERHEAD = 48  # bytes a row costs beyond its body and type (key, ts, class, size, index)
-RESERVED_FIELDS = frozenset({"seq", "ts", "type", "class"})
 CHECKPOINT_INTERVAL_S = 30.0
 DROP_REPORT_INTERVAL_S = 60.0
 MAX_BATCH = 8192
 HELD_RETRY_S = 5.0
-
-
-class EventClass(StrEnum):
-    """Priority class of an event, highest first. Audit and alarm are never evicted."""
-
-    AUDIT = "audit"
-    ALARM = "alarm"
-    STATE = "state"
-    TELEMETRY = "telemetry"
-
-    @property
-    def priority(self) -> int:
-        return _PRIORITY[self]
-
-    @property
-    def protected(self) -> bool:
-        return self in (EventClass.AUDIT, EventClass.ALARM)
-
-
-_PRIORITY = {c: i for i, c in enumerate(EventClass)}
-_BY_PRIORITY = list(EventClass)
-
-
-class StoredEvent:
-    """An event with its ``seq``. ``durable`` is False only while storage has failed.
-
-    ``body`` is the JSON of the type-specific fields as stored; ``fields`` parses it on
-    demand, so draining a backlog never decodes and re-encodes what it only forwards.
-    """
-
-    __slots__ = ("_fields", "body", "digest", "durable", "event_class", "seq", "size", "ts",
-                 "type")
-
-    def __init__(self, seq: int, ts: float, event_type: str, event_class: EventClass,
-                 body: str, *, fields: Mapping[str, Any] | None = None, durable: bool = True,
-                 digest: str | None = None) -> None:
-        self.seq = seq
-        self.ts = ts
-        self.type = event_type
-        self.event_class = event_class
-        self.body = body
-        self.size = len(body) + len(event_type) + ROW_OVERHEAD  # bytes against the budget
-        self.durable = durable
-        self.digest = digest  # audit events: this event's chain hash
-        self._fields = fields
-
-    @property
-    def fields(self) -> Mapping[str, Any]:
-        if self._fields is None:
-            self._fields = json.loads(self.body)
-        return self._fields
-
-    def held(self) -> StoredEvent:
-        """This event, marked as held in memory (not durable)."""
-        return StoredEvent(self.seq, self.ts, self.type, self.event_class, self.body,
-                           fields=self._fields, durable=False, digest=self.digest)
-
-    def to_wire(self) -> dict[str, Any]:
-        """The event as published: ``{seq, ts, type, class, ...fields}``."""
-        return {"seq": self.seq, "ts": self.ts, "type": self.type,
-                "class": self.event_class.value, **self.fields}
-
-    def wire_json(self) -> str:
-        """:meth:`to_wire` as JSON, spliced from the stored body without decoding it."""
-        head = (f'{{"seq":{self.seq},"ts":{self.ts!r},"type":{json.dumps(self.type)},'
-                f'"class":"{self.event_class.value}"')
-        return head + ("}" if self.body == "{}" else "," + self.body[1:])
-
-    def __repr__(self) -> str:
-        return f"StoredEvent(seq={self.seq}, type={self.type!r}, class={self.event_class.value})"
-
-
-@dataclass
-class OutboxStats:
-    """Depth and bytes per class, the oldest waiting event, drops, and faults."""
-
-    depth: dict[str, int]
-    bytes: dict[str, int]
-    oldest_ts: float | None
-    wal_bytes: int
-    dropped: dict[str, int]
-    held_in_memory: int
-    fault: str | None
-
-    @property
-    def total_depth(self) -> int:
-        return sum(self.depth.values())
 
 
 @dataclass
@@ -269,8 +181,8 @@ class Outbox:
         rows = list(await db.execute_fetchall(
             "SELECT class, count(*), coalesce(sum(size), 0) FROM events GROUP BY class"))
         for cls, count, size in rows:
-            self._c.depth[_BY_PRIORITY[cls]] = int(count)
-            self._c.bytes[_BY_PRIORITY[cls]] = int(size)
+            self._c.depth[EventClass.by_priority(cls)] = int(count)
+            self._c.bytes[EventClass.by_priority(cls)] = int(size)
         high = list(await db.execute_fetchall(
             "SELECT seq FROM sqlite_sequence WHERE name='events'"))
         self._next_seq = max(int(high[0][0]) + 1 if high else 1, self._lease.reserved + 1
