@@ -55,7 +55,7 @@ MAX_BATCH = 8192
 HELD_RETRY_S = 5.0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     event_type: str
     fields: dict[str, Any]
@@ -72,8 +72,16 @@ class _Counters:
     unreported: dict[EventClass, int] = field(default_factory=lambda: dict.fromkeys(EventClass, 0))
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps builds one per call
+
+
+def _millis(t: float) -> float:
+    """``t`` to the millisecond (round() with digits is slow on the append path)."""
+    return int(t * 1000 + 0.5) / 1000
+
+
 def _body(fields: Mapping[str, Any]) -> str:
-    return json.dumps(fields, separators=(",", ":"))
+    return _ENCODER.encode(fields)
 
 
 def _event(seq: int, ts: float, event_type: str, event_class: EventClass,
@@ -236,7 +244,7 @@ class Outbox:
                      event_class: EventClass = EventClass.AUDIT,
                      ts: float | None = None) -> StoredEvent:
         """Queue one event and return once it is committed (or held, if storage failed)."""
-        if RESERVED_FIELDS & fields.keys():
+        if not RESERVED_FIELDS.isdisjoint(fields):
             raise ValueError(f"event fields may not use {sorted(RESERVED_FIELDS & fields.keys())}")
         future: asyncio.Future[StoredEvent] = asyncio.get_running_loop().create_future()
         self._enqueue(event_type, dict(fields), event_class, future, ts)
@@ -248,7 +256,7 @@ class Outbox:
                  future: asyncio.Future[StoredEvent] | None, ts: float | None = None) -> None:
         if self._writer is None or self._closing:
             raise StorageError(f"{self.path}: the outbox is closed")
-        when = round(time.time() if ts is None else ts, 3)
+        when = _millis(time.time() if ts is None else ts)
         self._queue.append(_Pending(event_type, fields, event_class, when, future))
         self._queued.set()
 
@@ -342,7 +350,7 @@ class Outbox:
         log.error("outbox cannot write (%s); %d event(s) held in memory", exc, len(self._held))
         if first:
             self._held.append(self._stamp(_Pending(
-                "storage.fault", {"error": self._fault}, EventClass.ALARM, round(time.time(), 3),
+                "storage.fault", {"error": self._fault}, EventClass.ALARM, _millis(time.time()),
                 None)))
 
     async def _make_room(self, batch: list[StoredEvent]) -> None:
@@ -372,7 +380,7 @@ class Outbox:
             self._full_alarm = True
             batch.append(self._stamp(_Pending(
                 "storage.full", {"max_bytes": self.max_bytes, "used_bytes": self._used_bytes()},
-                EventClass.ALARM, round(time.time(), 3), None)))
+                EventClass.ALARM, _millis(time.time()), None)))
 
     async def _evict(self, cls: EventClass, needed: int) -> int:
         def unreported(rows: int) -> int:
