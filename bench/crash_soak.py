@@ -36,7 +36,7 @@ async def soak(cmd: list[str], kills: int, rng: random.Random, proxy: FaultyProx
             proxy.stall()
         last = max((int(x) for o in outputs for x in o.split()), default=0)
         argv = [*cmd, str(last)] if continue_from_output else cmd
-        device = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # noqa: ASYNC220
+        device = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # noqa: ASYNC220  # Popen returns at once
         await asyncio.sleep(rng.uniform(0.3, 0.9))  # the kill moment
         device.kill()
         out, _ = await asyncio.to_thread(device.communicate)
