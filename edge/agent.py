@@ -20,6 +20,7 @@ from typing import Any
 
 from edge import __version__
 from edge.access import AccessPolicy
+from edge.clock import Reading, TrustedClock
 from edge.commands import Commands
 from edge.config import SiteConfig
 from edge.forwarder import Forwarder
@@ -68,7 +69,9 @@ class Agent:
         self.boot_id = uuid.uuid4().hex[:12]
         self.topics = DeviceTopics(config.device.site, config.device.id)
         self.stats = AgentStats()
-        self.outbox = Outbox(config.storage.path, max_bytes=config.storage.max_bytes)
+        self.clock = TrustedClock(config.storage.path.with_name("time.floor"))
+        self.outbox = Outbox(config.storage.path, max_bytes=config.storage.max_bytes,
+                             clock=self.clock.now)
         self.link = MqttLink(
             config.mqtt, self.topics, boot_id=self.boot_id, on_state=self._on_link_state,
             subscriptions=(self.topics.cmd,), on_message=self._on_command,
@@ -81,8 +84,8 @@ class Agent:
         self._pin_factory = pin_factory
         self._observer = observer
         self._lockers: LockerBank | None = None
-        self._doors: asyncio.Queue[tuple[str, bool, float]] = asyncio.Queue()
-        self._link_changes: asyncio.Queue[tuple[LinkState, str, float]] = asyncio.Queue()
+        self._doors: asyncio.Queue[tuple[str, bool, Reading]] = asyncio.Queue()
+        self._link_changes: asyncio.Queue[tuple[LinkState, str, Reading]] = asyncio.Queue()
         self.running = asyncio.Event()  # set once started: doors read, tasks starting
         self.reader_ready = asyncio.Event()  # set while the badge reader's port is open
 
@@ -115,6 +118,7 @@ class Agent:
                     log.info("stopping")
             finally:
                 self._lockers.close()
+                self.clock.save()
                 self.running.clear()
                 self.reader_ready.clear()
 
@@ -131,9 +135,9 @@ class Agent:
 
     async def _record(
         self, event_type: str, fields: dict[str, Any], event_class: EventClass,
-        ts: float | None = None,
+        at: Reading | None = None,
     ) -> StoredEvent:
-        stored = await self.outbox.append(event_type, fields, event_class=event_class, ts=ts)
+        stored = await self.outbox.append(event_type, fields, event_class=event_class, at=at)
         if self._observer is not None:
             self._observer(stored)
         return stored
@@ -141,7 +145,7 @@ class Agent:
     async def handle_scan(self, scan: BadgeScan, lockers: LockerBank) -> None:
         """Decide a scan, make the decision durable, then (if granted) unlock."""
         self.stats.scans += 1
-        decision = self._policy.decide(scan, now=time.time())
+        decision = self._policy.decide(scan, now=self.clock.now().ts)
         # Durable before the coil: append returns after the commit. If storage has failed
         # (disk full), the decision is held in memory, storage.fault is raised, and the
         # member still gets in: a full SD card must not lock the library.
@@ -189,7 +193,7 @@ class Agent:
         await self.handle_scan(message, lockers)
 
     def _door_changed(self, compartment: str, closed: bool) -> None:
-        self._doors.put_nowait((compartment, closed, time.time()))
+        self._doors.put_nowait((compartment, closed, self.clock.now()))
         self._state_changed.set()
 
     def _on_command(self, message: Any) -> None:
@@ -199,10 +203,11 @@ class Agent:
         """The retained ``state`` document: what the platform should know right now."""
         doors = self._lockers.door_states() if self._lockers is not None else {}
         stats = await self.outbox.stats()
-        now = time.time()
+        reading = self.clock.now()
+        now = reading.ts
         return {
             "device": self.topics.device, "site": self.topics.site, "boot_id": self.boot_id,
-            "version": __version__, "ts": round(time.time(), 3),
+            "version": __version__, "ts": round(now, 3), "tq": reading.quality.value,
             "doors": {cid: "closed" if closed else "open" for cid, closed in doors.items()},
             "outbox": {"depth": stats.total_depth, "by_class": stats.depth,
                        "bytes_by_class": stats.bytes, "wal_bytes": stats.wal_bytes,
@@ -231,24 +236,24 @@ class Agent:
 
     async def _record_doors(self) -> None:
         while True:
-            compartment, closed, ts = await self._doors.get()
+            compartment, closed, at = await self._doors.get()
             await self._record(
                 "door.closed" if closed else "door.opened",
-                {"compartment": compartment}, EventClass.STATE, ts,
+                {"compartment": compartment}, EventClass.STATE, at,
             )
 
     def _on_link_state(self, state: LinkState, detail: str) -> None:
-        self._link_changes.put_nowait((state, detail, time.time()))
+        self._link_changes.put_nowait((state, detail, self.clock.now()))
 
     async def _record_link(self) -> None:
         """Record link.up on connect and link.down when an up link is lost (not every retry)."""
         was_up = False
         while True:
-            state, detail, ts = await self._link_changes.get()
+            state, detail, at = await self._link_changes.get()
             is_up = state is LinkState.UP
             if is_up != was_up and state is not LinkState.CONNECTING:
                 fields = {"detail": detail} if detail else {}
-                await self._record(f"link.{state.value}", fields, EventClass.STATE, ts)
+                await self._record(f"link.{state.value}", fields, EventClass.STATE, at)
                 was_up = is_up
 
 

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 ROW_OVERHEAD = 48  # bytes a row costs beyond its body and type (key, ts, class, size, index)
-RESERVED_FIELDS = frozenset({"seq", "ts", "type", "class"})
+RESERVED_FIELDS = frozenset({"seq", "ts", "tq", "type", "class"})
 
 
 class EventClass(StrEnum):
@@ -49,14 +49,15 @@ class StoredEvent:
     demand, so draining a backlog never decodes and re-encodes what it only forwards.
     """
 
-    __slots__ = ("_fields", "body", "digest", "durable", "event_class", "seq", "size", "ts",
-                 "type")
+    __slots__ = ("_fields", "body", "digest", "durable", "event_class", "seq", "size", "tq",
+                 "ts", "type")
 
     def __init__(self, seq: int, ts: float, event_type: str, event_class: EventClass,
-                 body: str, *, fields: Mapping[str, Any] | None = None, durable: bool = True,
-                 digest: str | None = None) -> None:
+                 body: str, *, tq: str = "untrusted", fields: Mapping[str, Any] | None = None,
+                 durable: bool = True, digest: str | None = None) -> None:
         self.seq = seq
         self.ts = ts
+        self.tq = tq  # time quality of ``ts``: synchronised, floor or untrusted
         self.type = event_type
         self.event_class = event_class
         self.body = body
@@ -74,17 +75,17 @@ class StoredEvent:
     def held(self) -> StoredEvent:
         """This event, marked as held in memory (not durable)."""
         return StoredEvent(self.seq, self.ts, self.type, self.event_class, self.body,
-                           fields=self._fields, durable=False, digest=self.digest)
+                           tq=self.tq, fields=self._fields, durable=False, digest=self.digest)
 
     def to_wire(self) -> dict[str, Any]:
-        """The event as published: ``{seq, ts, type, class, ...fields}``."""
-        return {"seq": self.seq, "ts": self.ts, "type": self.type,
+        """The event as published: ``{seq, ts, tq, type, class, ...fields}``."""
+        return {"seq": self.seq, "ts": self.ts, "tq": self.tq, "type": self.type,
                 "class": self.event_class.value, **self.fields}
 
     def wire_json(self) -> str:
         """:meth:`to_wire` as JSON, spliced from the stored body without decoding it."""
-        head = (f'{{"seq":{self.seq},"ts":{self.ts!r},"type":{json.dumps(self.type)},'
-                f'"class":"{self.event_class.value}"')
+        head = (f'{{"seq":{self.seq},"ts":{self.ts!r},"tq":"{self.tq}",'
+                f'"type":{json.dumps(self.type)},"class":"{self.event_class.value}"')
         return head + ("}" if self.body == "{}" else "," + self.body[1:])
 
     def __repr__(self) -> str:

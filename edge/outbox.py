@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from edge.audit_chain import GENESIS, link_hash
+from edge.clock import Reading, TimeQuality
 from edge.errors import StorageError
 from edge.events import RESERVED_FIELDS, EventClass, OutboxStats, StoredEvent
 from edge.outbox_store import (
@@ -61,6 +62,7 @@ class _Pending:
     fields: dict[str, Any]
     event_class: EventClass
     ts: float
+    tq: str
     future: asyncio.Future[StoredEvent] | None
 
 
@@ -84,18 +86,25 @@ def _body(fields: Mapping[str, Any]) -> str:
     return _ENCODER.encode(fields)
 
 
-def _event(seq: int, ts: float, event_type: str, event_class: EventClass,
-           fields: Mapping[str, Any], *, digest: str | None = None) -> StoredEvent:
-    return StoredEvent(seq, ts, event_type, event_class, _body(fields), fields=fields,
-                       digest=digest)
+def _event(p: _Pending, seq: int, fields: Mapping[str, Any], *,
+           digest: str | None = None) -> StoredEvent:
+    return StoredEvent(seq, p.ts, p.event_type, p.event_class, _body(fields), tq=p.tq,
+                       fields=fields, digest=digest)
+
+
+def _unverified_clock() -> Reading:
+    """Without a :class:`TrustedClock`: the wall clock, honestly flagged as unverified."""
+    return Reading(time.time(), TimeQuality.UNTRUSTED)
 
 
 class Outbox:
     """The durable, bounded event queue. Use ``async with Outbox(path) as outbox``."""
 
     def __init__(self, path: Path, *, max_bytes: int = 64 * 1024 * 1024,
-                 reserve_fraction: float = 0.1) -> None:
+                 reserve_fraction: float = 0.1,
+                 clock: Callable[[], Reading] = _unverified_clock) -> None:
         self.path = path
+        self._clock = clock
         self.max_bytes = max_bytes
         self.evictable_limit = int(max_bytes * (1 - reserve_fraction))
         self._db: aiosqlite.Connection | None = None  # reads
@@ -242,23 +251,32 @@ class Outbox:
     # --- producers ----------------------------------------------------------------------
     async def append(self, event_type: str, fields: Mapping[str, Any], *,
                      event_class: EventClass = EventClass.AUDIT,
-                     ts: float | None = None) -> StoredEvent:
-        """Queue one event and return once it is committed (or held, if storage failed)."""
+                     at: Reading | None = None) -> StoredEvent:
+        """Queue one event and return once it is committed (or held, if storage failed).
+
+        ``at`` is when it happened (default: the outbox's clock, now).
+        """
         if not RESERVED_FIELDS.isdisjoint(fields):
             raise ValueError(f"event fields may not use {sorted(RESERVED_FIELDS & fields.keys())}")
         future: asyncio.Future[StoredEvent] = asyncio.get_running_loop().create_future()
-        self._enqueue(event_type, dict(fields), event_class, future, ts)
+        self._enqueue(event_type, dict(fields), event_class, future, at)
         # A producer cancelled while waiting cancels only its wait: the writer skips done
         # futures, and the event is committed all the same.
         return await future
 
     def _enqueue(self, event_type: str, fields: dict[str, Any], event_class: EventClass,
-                 future: asyncio.Future[StoredEvent] | None, ts: float | None = None) -> None:
+                 future: asyncio.Future[StoredEvent] | None, at: Reading | None = None) -> None:
         if self._writer is None or self._closing:
             raise StorageError(f"{self.path}: the outbox is closed")
-        when = _millis(time.time() if ts is None else ts)
-        self._queue.append(_Pending(event_type, fields, event_class, when, future))
+        self._queue.append(self._pending(event_type, fields, event_class, future, at))
         self._queued.set()
+
+    def _pending(self, event_type: str, fields: dict[str, Any], event_class: EventClass,
+                 future: asyncio.Future[StoredEvent] | None = None,
+                 at: Reading | None = None) -> _Pending:
+        when = self._clock() if at is None else at
+        return _Pending(event_type, fields, event_class, _millis(when.ts), when.quality.value,
+                        future)
 
     # --- the writer ---------------------------------------------------------------------
     async def _write_loop(self) -> None:
@@ -301,10 +319,11 @@ class Outbox:
         """Give a queued event its seq (and its place in the audit chain)."""
         seq, self._next_seq = self._next_seq, self._next_seq + 1
         if p.event_class is not EventClass.AUDIT:
-            return _event(seq, p.ts, p.event_type, p.event_class, p.fields)
+            return _event(p, seq, p.fields)
         fields = {**p.fields, "prev": self._audit_head}
-        self._audit_head = link_hash(self._audit_head, seq, p.ts, p.event_type, fields)
-        return _event(seq, p.ts, p.event_type, p.event_class, fields, digest=self._audit_head)
+        self._audit_head = link_hash(self._audit_head, seq=seq, ts=p.ts, tq=p.tq,
+                                     event_type=p.event_type, fields=fields)
+        return _event(p, seq, fields, digest=self._audit_head)
 
     async def _commit(self, events: list[StoredEvent]) -> None:
         """Write ``events`` (after any held ones) in one transaction, within the budget."""
@@ -336,7 +355,8 @@ class Outbox:
     async def _insert(self, batch: list[StoredEvent]) -> None:
         rows = []
         for e in batch:
-            rows.append((e.seq, e.ts, e.event_class.priority, e.type, e.body, e.size, e.digest))
+            rows.append((e.seq, e.ts, e.tq, e.event_class.priority, e.type, e.body, e.size,
+                         e.digest))
         await self._on_writer(WriterConnection.insert, rows)
 
     def _hold(self, events: list[StoredEvent], exc: Exception) -> None:
@@ -349,9 +369,8 @@ class Outbox:
         self._held.extend(held)
         log.error("outbox cannot write (%s); %d event(s) held in memory", exc, len(self._held))
         if first:
-            self._held.append(self._stamp(_Pending(
-                "storage.fault", {"error": self._fault}, EventClass.ALARM, _millis(time.time()),
-                None)))
+            self._held.append(self._stamp(self._pending(
+                "storage.fault", {"error": self._fault}, EventClass.ALARM)))
 
     async def _make_room(self, batch: list[StoredEvent]) -> None:
         """Evict oldest telemetry, then state, so the batch fits the byte budget."""
@@ -378,9 +397,9 @@ class Outbox:
         if self._used_bytes() + sum(e.size for e in batch) > self.max_bytes \
                 and not self._full_alarm:
             self._full_alarm = True
-            batch.append(self._stamp(_Pending(
+            batch.append(self._stamp(self._pending(
                 "storage.full", {"max_bytes": self.max_bytes, "used_bytes": self._used_bytes()},
-                EventClass.ALARM, _millis(time.time()), None)))
+                EventClass.ALARM)))
 
     async def _evict(self, cls: EventClass, needed: int) -> int:
         def unreported(rows: int) -> int:
@@ -437,15 +456,16 @@ class Outbox:
         """The oldest events of one class after ``after_seq``, at most ``limit`` and
         about ``max_bytes`` (always at least one)."""
         rows = await self._conn().execute_fetchall(
-            "SELECT seq, ts, type, body, size FROM events WHERE class = ? AND seq > ? "
+            "SELECT seq, ts, tq, type, body FROM events WHERE class = ? AND seq > ? "
             "ORDER BY seq LIMIT ?", (event_class.priority, after_seq, limit))
         out: list[StoredEvent] = []
         total = 0
-        for seq, ts, event_type, body, size in rows:
-            total += int(size)
+        for seq, ts, tq, event_type, body in rows:
+            event = StoredEvent(int(seq), float(ts), str(event_type), event_class, body, tq=tq)
+            total += event.size
             if out and total > max_bytes:
                 break
-            out.append(StoredEvent(int(seq), float(ts), str(event_type), event_class, body))
+            out.append(event)
         return out
 
     async def ack(self, events: Iterable[StoredEvent]) -> None:

@@ -22,15 +22,17 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SEQ_LEASE = 100_000
 
+# Version 3 (this one): v2 plus the time quality of each event's ts.
 # Version 2: explicit seq (AUTOINCREMENT keeps the high-water mark), integer priority
 # class, size in bytes, the audit hash; meta for the chain anchor.
-_SCHEMA_V2 = """
+_SCHEMA = """
 CREATE TABLE events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     ts REAL NOT NULL,
+    tq TEXT NOT NULL DEFAULT 'untrusted',
     class INTEGER NOT NULL,
     type TEXT NOT NULL,
     body TEXT NOT NULL,
@@ -93,7 +95,12 @@ def migrate(db: sqlite3.Connection) -> int:
         raise ValueError(f"outbox schema {found} is newer than this agent ({SCHEMA_VERSION})")
     if found == SCHEMA_VERSION:
         return found
-    script = _SCHEMA_V2 if found == 0 else _V1_TO_V2.format(schema=_SCHEMA_V2)
+    if found == 0:
+        script = _SCHEMA
+    elif found == 1:
+        script = _V1_TO_V2.format(schema=_SCHEMA)
+    else:  # 2 -> 3: events recorded before time quality existed are 'untrusted'
+        script = "ALTER TABLE events ADD COLUMN tq TEXT NOT NULL DEFAULT 'untrusted';"
     db.executescript(f"BEGIN IMMEDIATE; {script} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
     return found
 
@@ -159,10 +166,10 @@ class WriterConnection:
         return result
 
     def insert(self, rows: list[tuple[Any, ...]]) -> None:
-        """Insert ``(seq, ts, class, type, body, size, hash)`` rows; durable on return."""
+        """Insert ``(seq, ts, tq, class, type, body, size, hash)`` rows; durable on return."""
         self._transaction(lambda db: db.executemany(
-            "INSERT INTO events (seq, ts, class, type, body, size, hash) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)", rows))
+            "INSERT INTO events (seq, ts, tq, class, type, body, size, hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows))
 
     def evict(self, priority: int, needed: int, unreported_key: str,
               unreported: Callable[[int], int]) -> tuple[int, int]:

@@ -29,6 +29,8 @@ class WireEvent(BaseModel):
     model_config = ConfigDict(extra="allow")
     seq: int = Field(ge=1, description="device-monotonic; deduplicate by (device, seq)")
     ts: float = Field(description="Unix seconds, millisecond precision, agent clock")
+    tq: Literal["synchronised", "floor", "untrusted"] = Field(
+        description="time quality of ts (docs/architecture.md, trusted time)")
     type: str = Field(pattern=r"^[a-z_]+(\.[a-z_]+)+$", examples=["access.granted"])
     class_: Literal["audit", "alarm", "state", "telemetry"] = Field(alias="class")
     prev: str | None = Field(
@@ -74,6 +76,7 @@ class StateSnapshot(BaseModel):
     boot_id: str
     version: str
     ts: float
+    tq: Literal["synchronised", "floor", "untrusted"]
     doors: dict[str, Literal["open", "closed"]]
     outbox: OutboxState
     stats: AgentCounters

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge.audit_chain import GENESIS, verify_chain, verify_outbox
+from edge.clock import Reading, TimeQuality
 from edge.errors import StorageError
 from edge.outbox import EventClass, Outbox
 from edge.outbox_store import SCHEMA_VERSION, SEQ_LEASE
@@ -237,3 +238,36 @@ async def test_unopenable_path_is_a_storage_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(StorageError, match="cannot open the outbox"):
         await Outbox(blocker / "o.db").open()
+
+
+async def test_migrates_a_version_2_file_marking_old_times_untrusted(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript("""
+            CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL,
+                class INTEGER NOT NULL, type TEXT NOT NULL, body TEXT NOT NULL,
+                size INTEGER NOT NULL, hash TEXT);
+            CREATE INDEX events_by_class ON events (class, seq);
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            INSERT INTO events (ts, class, type, body, size)
+                VALUES (1.0, 2, 'door.opened', '{}', 59);
+            PRAGMA user_version = 2;
+        """)
+    async with Outbox(path) as outbox:
+        [old] = await outbox.peek(EventClass.STATE)
+    assert old.tq == "untrusted"
+    assert old.to_wire()["tq"] == "untrusted"
+
+
+async def test_events_carry_the_time_and_quality_of_the_clock(tmp_path: Path) -> None:
+    reading = Reading(1_800_000_000.1234, TimeQuality.SYNCHRONISED)
+    async with Outbox(tmp_path / "o.db", clock=lambda: reading) as outbox:
+        stored = await outbox.append("access.granted", {"n": 1})
+        door = await outbox.append("door.opened", {}, event_class=EventClass.STATE,
+                                   at=Reading(1_700_000_000.0, TimeQuality.UNTRUSTED))
+        [peeked] = await outbox.peek(EventClass.AUDIT)
+    assert (stored.ts, stored.tq) == (1_800_000_000.123, "synchronised")
+    assert (door.ts, door.tq) == (1_700_000_000.0, "untrusted")
+    assert json.loads(peeked.wire_json()) == peeked.to_wire()
+    assert peeked.to_wire()["tq"] == "synchronised"
+    assert verify_chain([peeked.to_wire()]).ok
