@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from edge.clock import Reading, TimeQuality
 from edge.config import CompartmentConfig, TrustConfig
 from firmware_bridge.badge_reader import BadgeScan
 from provisioning.badges import Badge, BadgeVerifier
@@ -34,6 +35,7 @@ class Reason(StrEnum):
     NOT_YET_VALID = "not_yet_valid"
     NOT_GRANTED = "not_granted"
     MISSING_SKILL = "missing_skill"
+    CLOCK_UNTRUSTED = "clock_untrusted"
 
 
 _FAULT_REASONS: Mapping[TokenFault, Reason] = {
@@ -91,15 +93,21 @@ class AccessPolicy:
         self._verifier = BadgeVerifier(keys, site=site, leeway_s=trust.leeway_s)
         self._compartments = {c.id: c for c in compartments}
 
-    def decide(self, scan: BadgeScan, *, now: float) -> Decision:
-        """Verify the badge in ``scan`` and check it against the compartment's policy."""
+    def decide(self, scan: BadgeScan, *, now: Reading) -> Decision:
+        """Verify the badge in ``scan`` and check it against the compartment's policy.
+
+        With untrusted time (``now.quality``), a badge's validity period proves nothing,
+        so it is refused (``clock_untrusted``) unless it says it may be honoured anyway.
+        """
         compartment = self._compartments.get(scan.compartment)
         if compartment is None:
             return Decision(scan.compartment, Reason.UNKNOWN_COMPARTMENT)
         try:
-            badge = self._verifier.verify(scan.credential, now=now)
+            badge = self._verifier.verify(scan.credential, now=now.ts)
         except TokenRejected as exc:
             return Decision(compartment.id, _FAULT_REASONS[exc.fault])
+        if now.quality is TimeQuality.UNTRUSTED and not badge.allows_untrusted_time:
+            return Decision(compartment.id, Reason.CLOCK_UNTRUSTED, badge)
         granted = compartment.id in badge.compartments or (
             compartment.group is not None and compartment.group in badge.groups
         )

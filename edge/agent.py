@@ -144,7 +144,7 @@ class Agent:
     async def handle_scan(self, scan: BadgeScan, lockers: LockerBank) -> None:
         """Decide a scan, make the decision durable, then (if granted) unlock."""
         self.stats.scans += 1
-        decision = self._policy.decide(scan, now=self.clock.now().ts)
+        decision = self._policy.decide(scan, now=self.clock.now())
         # Durable before the coil: append returns after the commit. If storage has failed
         # (disk full), the decision is held in memory, storage.fault is raised, and the
         # member still gets in: a full SD card must not lock the library.

@@ -202,7 +202,8 @@ class Outbox:
             self._c.bytes[EventClass.by_priority(cls)] = int(size)
         high = list(await db.execute_fetchall(
             "SELECT seq FROM sqlite_sequence WHERE name='events'"))
-        self._next_seq = max(int(high[0][0]) + 1 if high else 1, self._lease.reserved + 1
+        self.committed_seq = int(high[0][0]) if high else 0
+        self._next_seq = max(self.committed_seq + 1, self._lease.reserved + 1
                              if self.recovered_from is not None else 1)
         head = list(await db.execute_fetchall(
             "SELECT hash FROM events WHERE class = 0 AND hash IS NOT NULL "
@@ -456,8 +457,11 @@ class Outbox:
         """The oldest events of one class after ``after_seq``, at most ``limit`` and
         about ``max_bytes`` (always at least one)."""
         rows = await self._conn().execute_fetchall(
+            # Only what the writer has accounted for (seq <= committed_seq): a row visible
+            # in the file a moment before its counters are updated must not be acked first.
             "SELECT seq, ts, tq, type, body FROM events WHERE class = ? AND seq > ? "
-            "ORDER BY seq LIMIT ?", (event_class.priority, after_seq, limit))
+            "AND seq <= ? ORDER BY seq LIMIT ?",
+            (event_class.priority, after_seq, self.committed_seq, limit))
         out: list[StoredEvent] = []
         total = 0
         for seq, ts, tq, event_type, body in rows:
@@ -478,12 +482,14 @@ class Outbox:
         async with self._write_lock:
             deleted = await self._on_writer(
                 WriterConnection.ack, [e.seq for e in acked], last_audit)
-        if deleted != len(acked):
-            log.warning("ack of %d event(s) deleted %d (evicted meanwhile)", len(acked), deleted)
+        if len(deleted) != len(acked):
+            log.info("ack of %d event(s) found %d (the rest evicted meanwhile)", len(acked),
+                     len(deleted))
         async with self._changed:
             for e in acked:
-                self._c.depth[e.event_class] = max(0, self._c.depth[e.event_class] - 1)
-                self._c.bytes[e.event_class] = max(0, self._c.bytes[e.event_class] - e.size)
+                if e.seq in deleted:
+                    self._c.depth[e.event_class] -= 1
+                    self._c.bytes[e.event_class] -= e.size
             self._changed.notify_all()
 
     # --- observation --------------------------------------------------------------------

@@ -194,15 +194,16 @@ class WriterConnection:
             return len(chosen), freed
         return self._transaction(work)
 
-    def ack(self, seqs: list[int], audit_anchor_seq: int | None) -> int:
-        """Delete acknowledged rows; keep the chain anchor. Returns rows deleted."""
-        def work(db: sqlite3.Connection) -> int:
+    def ack(self, seqs: list[int], audit_anchor_seq: int | None) -> set[int]:
+        """Delete acknowledged rows; keep the chain anchor. Returns the seqs deleted
+        (an event evicted meanwhile is not among them)."""
+        def work(db: sqlite3.Connection) -> set[int]:
             if audit_anchor_seq is not None:
                 db.execute("INSERT OR REPLACE INTO meta SELECT 'audit_anchor', hash FROM events "
                            "WHERE seq = ? AND hash IS NOT NULL", (audit_anchor_seq,))
-            cursor = db.execute("DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))",
-                                (json.dumps(seqs),))
-            return cursor.rowcount
+            cursor = db.execute("DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?)) "
+                                "RETURNING seq", (json.dumps(seqs),))
+            return {int(row[0]) for row in cursor.fetchall()}
         return self._transaction(work)
 
     def clear_unreported(self) -> None:

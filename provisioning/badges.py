@@ -4,8 +4,9 @@ A badge is a compact JWS (see :mod:`provisioning.tokens`) with header
 ``typ: curbside-badge+jwt``. Its claims (``docs/badges.md``) are the standard ``iss``,
 ``sub`` (member), ``aud`` (site), ``iat``, ``nbf``, ``exp`` and ``jti``, plus the
 compartments (``cpt``) and groups (``grp``) granted and the member's skill badges
-(``skl``). Short claim names keep a typical badge under 400 bytes, so it fits a QR code
-or an NTAG215 tag.
+(``skl``), and ``utt`` when the badge may be honoured while the device's clock is
+untrusted (an emergency or maintainer badge). Short claim names keep a typical badge
+under 400 bytes, so it fits a QR code or an NTAG215 tag.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Badge(BaseModel):
     compartments: tuple[str, ...] = Field(alias="cpt", default=(), max_length=64)
     groups: tuple[str, ...] = Field(alias="grp", default=(), max_length=64)
     skills: tuple[str, ...] = Field(alias="skl", default=(), max_length=64)
+    allows_untrusted_time: bool = Field(alias="utt", default=False)
 
 
 def issue_badge(
@@ -56,6 +58,7 @@ def issue_badge(
     skills: tuple[str, ...] = (),
     not_before: int | None = None,
     badge_id: str | None = None,
+    allows_untrusted_time: bool = False,
 ) -> str:
     """Sign a badge valid from ``not_before`` (default ``now``) for ``lifetime_s`` seconds."""
     if not 0 < lifetime_s <= MAX_LIFETIME_S:
@@ -76,6 +79,8 @@ def issue_badge(
         claims["grp"] = list(groups)
     if skills:
         claims["skl"] = list(skills)
+    if allows_untrusted_time:
+        claims["utt"] = True
     return sign_token(claims, key, kid=kid, typ=BADGE_TYP)
 
 

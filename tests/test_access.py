@@ -6,12 +6,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.access import AccessPolicy, Reason
+from edge.clock import Reading, TimeQuality
 from edge.config import CompartmentConfig, IssuerKey, TrustConfig
 from firmware_bridge.badge_reader import BadgeScan
 from provisioning.badges import issue_badge
 from provisioning.keys import public_key_b64
 
 NOW = 1_800_000_000
+AT = Reading(NOW, TimeQuality.FLOOR)
 KEY = Ed25519PrivateKey.generate()
 POLICY = AccessPolicy(
     "elm-street",
@@ -43,13 +45,13 @@ def scan(compartment: str, **grants: tuple[str, ...]) -> BadgeScan:
 )
 def test_policy_decisions(compartment: str, grants: dict[str, tuple[str, ...]],
                           reason: Reason) -> None:
-    decision = POLICY.decide(scan(compartment, **grants), now=NOW)
+    decision = POLICY.decide(scan(compartment, **grants), now=AT)
     assert decision.reason is reason
     assert decision.granted is (reason is Reason.GRANTED)
 
 
 def test_denial_event_names_member_and_missing_skills() -> None:
-    decision = POLICY.decide(scan("B1", groups=("batteries",)), now=NOW)
+    decision = POLICY.decide(scan("B1", groups=("batteries",)), now=AT)
     assert decision.event_type == "access.denied"
     assert decision.event_fields() == {
         "compartment": "B1", "reason": "missing_skill",
@@ -59,6 +61,23 @@ def test_denial_event_names_member_and_missing_skills() -> None:
 
 
 def test_bad_token_maps_to_its_reason_without_member() -> None:
-    decision = POLICY.decide(BadgeScan("A1", "not.a.token"), now=NOW)
+    decision = POLICY.decide(BadgeScan("A1", "not.a.token"), now=AT)
     assert decision.reason is Reason.MALFORMED
     assert "member" not in decision.event_fields()
+
+
+def test_untrusted_time_refuses_badges_unless_they_allow_it() -> None:
+    untrusted = Reading(NOW, TimeQuality.UNTRUSTED)
+    ordinary = POLICY.decide(scan("A1", groups=("hand-tools",)), now=untrusted)
+    token = issue_badge(KEY, kid="k1", issuer="coop", member="maint", site="elm-street",
+                        now=NOW, lifetime_s=3600, groups=("hand-tools",),
+                        allows_untrusted_time=True)
+    emergency = POLICY.decide(BadgeScan("A1", token), now=untrusted)
+    assert ordinary.reason is Reason.CLOCK_UNTRUSTED
+    assert ordinary.event_fields()["member"] == "ada"
+    assert emergency.reason is Reason.GRANTED
+
+
+def test_synchronised_time_grants_as_floor_time_does() -> None:
+    synced = Reading(NOW, TimeQuality.SYNCHRONISED)
+    assert POLICY.decide(scan("A1", groups=("hand-tools",)), now=synced).granted
