@@ -36,6 +36,7 @@ class Reason(StrEnum):
     NOT_GRANTED = "not_granted"
     MISSING_SKILL = "missing_skill"
     CLOCK_UNTRUSTED = "clock_untrusted"
+    LOCKED_OUT = "locked_out"
 
 
 _FAULT_REASONS: Mapping[TokenFault, Reason] = {
@@ -50,6 +51,13 @@ _FAULT_REASONS: Mapping[TokenFault, Reason] = {
     TokenFault.EXPIRED: Reason.EXPIRED,
     TokenFault.NOT_YET_VALID: Reason.NOT_YET_VALID,
 }
+
+
+# Failures that say someone is guessing or forging, not a member with a stale badge.
+CREDENTIAL_FAILURES = frozenset({
+    Reason.MALFORMED, Reason.BAD_ALGORITHM, Reason.WRONG_TYPE, Reason.UNKNOWN_KEY,
+    Reason.BAD_SIGNATURE, Reason.WRONG_SITE, Reason.MISSING_CLAIM, Reason.BAD_CLAIMS,
+})
 
 
 @dataclass(frozen=True, slots=True)

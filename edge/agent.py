@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge import __version__
-from edge.access import AccessPolicy
+from edge.access import CREDENTIAL_FAILURES, AccessPolicy, Decision, Reason
 from edge.clock import Reading, TrustedClock
 from edge.commands import Commands
 from edge.config import SiteConfig
@@ -27,6 +27,7 @@ from edge.gpio import build_pin_factory
 from edge.link import LinkDown, LinkState, MqttLink, PublishRejected, backoff_delay
 from edge.lockers import LockerBank
 from edge.outbox import EventClass, Outbox, StoredEvent
+from edge.throttle import FailureThrottle
 from edge.topics import DeviceTopics
 from firmware_bridge.badge_reader import BadgeReaderDecoder, BadgeScan, GarbageLine
 from firmware_bridge.serial_port import AsyncSerialPort, SerialPortClosed, SerialPortError
@@ -80,6 +81,9 @@ class Agent:
         self.forwarder = Forwarder(self.outbox, self.link, self.topics)
         self._state_changed = asyncio.Event()
         self._policy = AccessPolicy(config.device.site, config.trust, config.compartments)
+        self._throttle = FailureThrottle(
+            max_failures=config.access.max_failures, window_s=config.access.failure_window_s,
+            lockout_s=config.access.lockout_s)
         self._pin_factory = pin_factory
         self._observer = observer
         self._lockers: LockerBank | None = None
@@ -144,7 +148,10 @@ class Agent:
     async def handle_scan(self, scan: BadgeScan, lockers: LockerBank) -> None:
         """Decide a scan, make the decision durable, then (if granted) unlock."""
         self.stats.scans += 1
-        decision = self._policy.decide(scan, now=self.clock.now())
+        if self._throttle.locked:
+            decision = Decision(scan.compartment, Reason.LOCKED_OUT)
+        else:
+            decision = self._policy.decide(scan, now=self.clock.now())
         # Durable before the coil: append returns after the commit. If storage has failed
         # (disk full), the decision is held in memory, storage.fault is raised, and the
         # member still gets in: a full SD card must not lock the library.
@@ -152,6 +159,13 @@ class Agent:
                                     EventClass.AUDIT)
         if not stored.durable:
             log.error("decision seq %d held in memory only: storage has failed", stored.seq)
+        if decision.reason in CREDENTIAL_FAILURES and self._throttle.failure():
+            access = self.config.access
+            log.warning("reader locked for %.0fs after %d bad credentials", access.lockout_s,
+                        access.max_failures)
+            await self._record("reader.locked_out", {
+                "failures": access.max_failures, "window_s": access.failure_window_s,
+                "lockout_s": access.lockout_s}, EventClass.ALARM)
         log.info("%s %s: %s", decision.event_type, decision.compartment, decision.reason.value)
         if decision.granted:
             pulse_s = await lockers.unlock(decision.compartment)

@@ -98,6 +98,14 @@ class TrustConfig(_Frozen):
         return issuers
 
 
+class AccessConfig(_Frozen):
+    """Brute-force defence: lock the reader after repeated bad credentials."""
+
+    max_failures: int = Field(default=5, ge=1, le=1000)
+    failure_window_s: float = Field(default=60.0, gt=0, le=86400)
+    lockout_s: float = Field(default=120.0, ge=0, le=86400)
+
+
 class ReaderConfig(_Frozen):
     """The badge reader's serial port, by pyserial URL (a device path, ``socket://``...)."""
 
@@ -140,6 +148,7 @@ class SiteConfig(_Frozen):
     storage: StorageConfig
     trust: TrustConfig
     reader: ReaderConfig
+    access: AccessConfig = AccessConfig()
     hardware: Hardware
     compartments: tuple[CompartmentConfig, ...] = Field(min_length=1)
 

@@ -241,3 +241,20 @@ async def test_evicted_telemetry_is_reported_to_the_platform(
     assert dropped["evicted"]["telemetry"] > 0
     telemetry = [e for e in platform.events if e["class"] == "telemetry"]
     assert all(e["type"] == "sensor.minute" for e in telemetry)
+
+
+async def test_repeated_forgeries_lock_the_reader_and_raise_an_alarm(
+    offline_site: VirtualSite, reader: PtyBadgeReader
+) -> None:
+    site = offline_site
+    async with running(site) as h:
+        for _ in range(5):
+            reader.present("A1", "forged." + "A" * 40 + ".sig")
+        await h.until(has("reader.locked_out"))
+        reader.present("A1", site.badge("ada", groups=("hand-tools",)))
+        await h.until(lambda ev: any(e.fields.get("reason") == "locked_out" for e in ev))
+    reasons = [e.fields["reason"] for e in h.events if e.type == "access.denied"]
+    assert reasons == ["malformed"] * 5 + ["locked_out"]
+    [alarm] = [e for e in h.events if e.type == "reader.locked_out"]
+    assert alarm.event_class is EventClass.ALARM
+    assert [s.state for s in h.factory.pin(17).states] == [False]  # nothing opened
