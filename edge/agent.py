@@ -148,15 +148,16 @@ class Agent:
     async def handle_scan(self, scan: BadgeScan, lockers: LockerBank) -> None:
         """Decide a scan, make the decision durable, then (if granted) unlock."""
         self.stats.scans += 1
+        now = self.clock.now()  # one reading: the time decided on is the time recorded
         if self._throttle.locked:
             decision = Decision(scan.compartment, Reason.LOCKED_OUT)
         else:
-            decision = self._policy.decide(scan, now=self.clock.now())
+            decision = self._policy.decide(scan, now=now)
         # Durable before the coil: append returns after the commit. If storage has failed
         # (disk full), the decision is held in memory, storage.fault is raised, and the
         # member still gets in: a full SD card must not lock the library.
         stored = await self._record(decision.event_type, decision.event_fields(),
-                                    EventClass.AUDIT)
+                                    EventClass.AUDIT, now)
         if not stored.durable:
             log.error("decision seq %d held in memory only: storage has failed", stored.seq)
         if decision.reason in CREDENTIAL_FAILURES and self._throttle.failure():
