@@ -2,7 +2,8 @@
 
 A badge is a compact JWS (see :mod:`provisioning.tokens`) with header
 ``typ: curbside-badge+jwt``. Its claims (``docs/badges.md``) are the standard ``iss``,
-``sub`` (member), ``aud`` (site), ``iat``, ``nbf``, ``exp`` and ``jti``, plus the
+``sub`` (member), ``aud`` (site), ``iat``, ``nbf`` (omitted when equal to ``iat``),
+``exp`` and ``jti``, plus the
 compartments (``cpt``) and groups (``grp``) granted and the member's skill badges
 (``skl``), and ``utt`` when the badge may be honoured while the device's clock is
 untrusted (an emergency or maintainer badge). Short claim names keep a typical badge
@@ -13,9 +14,10 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from provisioning.errors import TokenFault, TokenRejected
 from provisioning.tokens import TokenVerifier, sign_token
@@ -43,6 +45,13 @@ class Badge(BaseModel):
     skills: tuple[str, ...] = Field(alias="skl", default=(), max_length=64)
     allows_untrusted_time: bool = Field(alias="utt", default=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _nbf_defaults_to_iat(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "nbf" not in data and "iat" in data:
+            return {**data, "nbf": data["iat"]}
+        return data
+
 
 def issue_badge(
     key: Ed25519PrivateKey,
@@ -69,10 +78,12 @@ def issue_badge(
         "sub": member,
         "aud": site,
         "iat": now,
-        "nbf": start,
+
         "exp": start + lifetime_s,
-        "jti": badge_id or secrets.token_urlsafe(9),
+        "jti": badge_id or secrets.token_urlsafe(6),  # 48 random bits per issuer
     }
+    if start != now:  # omitted when equal to iat: every byte counts on a tag
+        claims["nbf"] = start
     if compartments:
         claims["cpt"] = list(compartments)
     if groups:

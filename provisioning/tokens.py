@@ -35,7 +35,7 @@ class TokenVerifier:
 
     ``keys`` maps ``kid`` to a public key; ``audience`` is the required ``aud``;
     ``required`` lists claims that must be present; ``leeway_s`` is the clock tolerance
-    applied to ``nbf`` and ``exp``.
+    applied to ``nbf`` (``iat`` when ``nbf`` is absent) and ``exp``.
     """
 
     def __init__(
@@ -44,7 +44,7 @@ class TokenVerifier:
         *,
         typ: str,
         audience: str,
-        required: tuple[str, ...] = ("iss", "sub", "aud", "iat", "nbf", "exp", "jti"),
+        required: tuple[str, ...] = ("iss", "sub", "aud", "iat", "exp", "jti"),
         leeway_s: float = 60.0,
     ) -> None:
         self._keys = dict(keys)
@@ -118,7 +118,8 @@ class TokenVerifier:
             value = claims.get(name)
             if name in claims and (not isinstance(value, int | float) or isinstance(value, bool)):
                 raise TokenRejected(TokenFault.BAD_CLAIMS, f"{name} is not a number")
-        if "nbf" in claims and claims["nbf"] > now + self._leeway_s:
-            raise TokenRejected(TokenFault.NOT_YET_VALID, f"valid from {claims['nbf']}")
+        start = claims.get("nbf", claims.get("iat"))  # an absent nbf means "from iat"
+        if start is not None and start > now + self._leeway_s:
+            raise TokenRejected(TokenFault.NOT_YET_VALID, f"valid from {start}")
         if "exp" in claims and claims["exp"] <= now - self._leeway_s:
             raise TokenRejected(TokenFault.EXPIRED, f"expired at {claims['exp']}")

@@ -173,3 +173,17 @@ def test_arbitrary_well_formed_jws_shapes_are_refused_cleanly(h: bytes, b: bytes
     token = ".".join(b64url_encode(x) for x in (h, b, s))
     with pytest.raises(TokenRejected):
         VERIFIER.verify(token, now=NOW)
+
+
+def test_a_typical_badge_fits_a_qr_code_or_an_ntag215_tag() -> None:
+    # The design budget is 400 bytes for a typical badge (a group and a skill badge); an
+    # NTAG215 tag holds 504 bytes of NDEF, so richer badges must stay below ~480.
+    def make(skills: tuple[str, ...], groups: tuple[str, ...]) -> int:
+        token = issue_badge(ISSUER_KEY, kid="Xb3kPq9LmZ0", issuer="elm-street-coop",
+                            member="m-004217", site="elm-street", now=NOW,
+                            lifetime_s=7 * 86400, groups=groups, skills=skills)
+        return len(token.encode("ascii"))
+
+    assert make(("battery-handling",), ("hand-tools",)) < 400
+    assert make(("battery-handling", "ladder-safety", "bike-repair"),
+                ("hand-tools", "batteries")) < 480
