@@ -12,6 +12,7 @@ from enum import StrEnum
 
 from edge.clock import Reading, TimeQuality
 from edge.config import CompartmentConfig, TrustConfig
+from edge.denylist import DenylistStore
 from firmware_bridge.badge_reader import BadgeScan
 from provisioning.badges import Badge, BadgeVerifier
 from provisioning.errors import TokenFault, TokenRejected
@@ -36,6 +37,7 @@ class Reason(StrEnum):
     NOT_GRANTED = "not_granted"
     MISSING_SKILL = "missing_skill"
     CLOCK_UNTRUSTED = "clock_untrusted"
+    REVOKED = "revoked"
     LOCKED_OUT = "locked_out"
 
 
@@ -95,11 +97,13 @@ class AccessPolicy:
     """Decides scans for one site from its trusted issuers and compartment policies."""
 
     def __init__(
-        self, site: str, trust: TrustConfig, compartments: tuple[CompartmentConfig, ...]
+        self, site: str, trust: TrustConfig, compartments: tuple[CompartmentConfig, ...],
+        denylist: DenylistStore | None = None,
     ) -> None:
         keys = {issuer.kid: public_key_from_b64(issuer.public_key) for issuer in trust.issuers}
         self._verifier = BadgeVerifier(keys, site=site, leeway_s=trust.leeway_s)
         self._compartments = {c.id: c for c in compartments}
+        self._denylist = denylist
 
     def decide(self, scan: BadgeScan, *, now: Reading) -> Decision:
         """Verify the badge in ``scan`` and check it against the compartment's policy.
@@ -114,14 +118,19 @@ class AccessPolicy:
             badge = self._verifier.verify(scan.credential, now=now.ts)
         except TokenRejected as exc:
             return Decision(compartment.id, _FAULT_REASONS[exc.fault])
+        return self._check(badge, compartment, now)
+
+    def _check(self, badge: Badge, compartment: CompartmentConfig, now: Reading) -> Decision:
+        """The policy, once the badge itself has verified; the first failing rule wins."""
+        cid = compartment.id
+        if self._denylist is not None and self._denylist.revokes(badge, now=now.ts):
+            return Decision(cid, Reason.REVOKED, badge)
         if now.quality is TimeQuality.UNTRUSTED and not badge.allows_untrusted_time:
-            return Decision(compartment.id, Reason.CLOCK_UNTRUSTED, badge)
-        granted = compartment.id in badge.compartments or (
-            compartment.group is not None and compartment.group in badge.groups
-        )
-        if not granted:
-            return Decision(compartment.id, Reason.NOT_GRANTED, badge)
+            return Decision(cid, Reason.CLOCK_UNTRUSTED, badge)
+        if cid not in badge.compartments and (
+                compartment.group is None or compartment.group not in badge.groups):
+            return Decision(cid, Reason.NOT_GRANTED, badge)
         missing = tuple(s for s in compartment.skills if s not in badge.skills)
         if missing:
-            return Decision(compartment.id, Reason.MISSING_SKILL, badge, missing)
-        return Decision(compartment.id, Reason.GRANTED, badge)
+            return Decision(cid, Reason.MISSING_SKILL, badge, missing)
+        return Decision(cid, Reason.GRANTED, badge)

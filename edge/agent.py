@@ -22,6 +22,7 @@ from edge.access import CREDENTIAL_FAILURES, AccessPolicy, Decision, Reason
 from edge.clock import Reading, TrustedClock
 from edge.commands import Commands
 from edge.config import SiteConfig
+from edge.denylist import DenylistStore, Update
 from edge.forwarder import Forwarder
 from edge.gpio import build_pin_factory
 from edge.link import LinkDown, LinkState, MqttLink, PublishRejected, backoff_delay
@@ -31,6 +32,8 @@ from edge.throttle import FailureThrottle
 from edge.topics import DeviceTopics
 from firmware_bridge.badge_reader import BadgeReaderDecoder, BadgeScan, GarbageLine
 from firmware_bridge.serial_port import AsyncSerialPort, SerialPortClosed, SerialPortError
+from provisioning.denylist import DenylistVerifier
+from provisioning.keys import public_key_from_b64
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +77,18 @@ class Agent:
                              clock=self.clock.now)
         self.link = MqttLink(
             config.mqtt, self.topics, boot_id=self.boot_id, on_state=self._on_link_state,
-            subscriptions=(self.topics.cmd,), on_message=self._on_command,
+            subscriptions=(self.topics.cmd, self.topics.denylist), on_message=self._on_message,
             on_connected=self.publish_state,
         )
         self.commands = Commands(self.link, self.topics, boot_id=self.boot_id)
         self.forwarder = Forwarder(self.outbox, self.link, self.topics)
         self._state_changed = asyncio.Event()
-        self._policy = AccessPolicy(config.device.site, config.trust, config.compartments)
+        keys = {i.kid: public_key_from_b64(i.public_key) for i in config.trust.issuers}
+        self.denylist = DenylistStore(config.storage.path.with_name("denylist.jws"),
+                                      DenylistVerifier(keys, site=config.device.site))
+        self._denylists: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
+        self._policy = AccessPolicy(config.device.site, config.trust, config.compartments,
+                                    self.denylist)
         self._throttle = FailureThrottle(
             max_failures=config.access.max_failures, window_s=config.access.failure_window_s,
             lockout_s=config.access.lockout_s)
@@ -116,6 +124,7 @@ class Agent:
                         tg.create_task(self._record_link(), name="link-events")
                         tg.create_task(self.commands.run(), name="commands")
                         tg.create_task(self._republish_state(), name="state")
+                        tg.create_task(self._apply_denylists(), name="denylist")
                         tg.create_task(_raise_when_set(stop), name="stop")
                 except* _StopRequested:
                     log.info("stopping")
@@ -210,8 +219,33 @@ class Agent:
         self._doors.put_nowait((compartment, closed, self.clock.now()))
         self._state_changed.set()
 
-    def _on_command(self, message: Any) -> None:
-        self.commands.on_message(message)
+    def _on_message(self, message: Any) -> None:
+        if message.topic == self.topics.denylist:
+            try:
+                self._denylists.put_nowait(bytes(message.payload))
+            except asyncio.QueueFull:
+                log.warning("denylist update dropped: too many waiting")
+        else:
+            self.commands.on_message(message)
+
+    async def _apply_denylists(self) -> None:
+        """Verify and apply denylists from the site topic; record what happened."""
+        while True:
+            payload = await self._denylists.get()
+            try:
+                token = payload.decode("ascii").strip()
+            except UnicodeDecodeError:
+                token = ""
+            result = self.denylist.update(token)
+            if result.outcome is Update.APPLIED:
+                await self._record("denylist.applied", {"version": result.version},
+                                   EventClass.AUDIT)
+                self._state_changed.set()
+            elif result.outcome is not Update.SAME:
+                log.warning("denylist refused (%s): %s", result.outcome.value, result.detail)
+                await self._record("denylist.refused", {
+                    "outcome": result.outcome.value, "detail": result.detail[:200],
+                    "held_version": result.version}, EventClass.ALARM)
 
     async def snapshot(self) -> dict[str, Any]:
         """The retained ``state`` document: what the platform should know right now."""
@@ -229,6 +263,7 @@ class Agent:
                        else round(max(0.0, now - stats.oldest_ts), 1),
                        "dropped": stats.dropped, "held_in_memory": stats.held_in_memory,
                        "fault": stats.fault},
+            "denylist_version": self.denylist.version,
             "stats": {"scans": self.stats.scans, "unlocks": self.stats.unlocks,
                       "garbage_lines": self.stats.garbage_lines},
         }

@@ -79,6 +79,7 @@ class StateSnapshot(BaseModel):
     tq: Literal["synchronised", "floor", "untrusted"]
     doors: dict[str, Literal["open", "closed"]]
     outbox: OutboxState
+    denylist_version: int = Field(ge=0, description="0: no denylist received yet")
     stats: AgentCounters
 
 

@@ -39,6 +39,11 @@ class DeviceTopics:
         return f"{self.base}/state"
 
     @property
+    def denylist(self) -> str:
+        """The site's signed denylist (retained, for every device of the site)."""
+        return f"{ROOT}/{self.site}/denylist"
+
+    @property
     def cmd(self) -> str:
         """Commands in."""
         return f"{self.base}/cmd"

@@ -46,27 +46,34 @@ class TokenVerifier:
         audience: str,
         required: tuple[str, ...] = ("iss", "sub", "aud", "iat", "exp", "jti"),
         leeway_s: float = 60.0,
+        max_chars: int = MAX_TOKEN_CHARS,
     ) -> None:
         self._keys = dict(keys)
         self._typ = typ
         self._audience = audience
         self._required = list(required)
         self._leeway_s = leeway_s
+        self._max_chars = max_chars
 
-    def verify(self, token: str, *, now: float) -> dict[str, Any]:
-        """Return the verified claims of ``token`` at Unix time ``now``."""
+    def verify(self, token: str, *, now: float | None) -> dict[str, Any]:
+        """Return the verified claims of ``token`` at Unix time ``now``.
+
+        ``now=None`` skips the time checks: for statements that are not time-limited
+        credentials (a denylist must hold even when the device's clock is wrong).
+        """
         header = self._check_shape_and_header(token)
         kid = header["kid"]
         key = self._keys.get(kid)
         if key is None:
             raise TokenRejected(TokenFault.UNKNOWN_KEY, f"no trusted key with kid {kid!r}")
         claims = self._check_signature(token, key)
-        self._check_times(claims, now)
+        if now is not None:
+            self._check_times(claims, now)
         return claims
 
     def _check_shape_and_header(self, token: str) -> dict[str, Any]:
-        if len(token) > MAX_TOKEN_CHARS:
-            raise TokenRejected(TokenFault.MALFORMED, f"token longer than {MAX_TOKEN_CHARS}")
+        if len(token) > self._max_chars:
+            raise TokenRejected(TokenFault.MALFORMED, f"token longer than {self._max_chars}")
         parts = token.split(".")
         if len(parts) != 3:
             raise TokenRejected(TokenFault.MALFORMED, "a compact JWS has three parts")

@@ -11,12 +11,16 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
 from edge.agent import Agent
 from edge.config import MqttConfig, load_config
 from edge.forwarder import Forwarder
 from edge.link import LinkState, MqttLink
 from edge.outbox import EventClass, Outbox, StoredEvent
 from edge.topics import DeviceTopics
+from provisioning.denylist import issue_denylist
 from simulators.badge_reader import PtyBadgeReader
 from simulators.broker import MosquittoBroker
 from simulators.gpio_world import LockerWorld, WorldPin, world_pin_factory
@@ -258,3 +262,38 @@ async def test_repeated_forgeries_lock_the_reader_and_raise_an_alarm(
     [alarm] = [e for e in h.events if e.type == "reader.locked_out"]
     assert alarm.event_class is EventClass.ALARM
     assert [s.state for s in h.factory.pin(17).states] == [False]  # nothing opened
+
+
+async def test_a_retained_denylist_on_the_site_topic_revokes_and_never_rolls_back(
+    site: VirtualSite, reader: PtyBadgeReader, broker: MosquittoBroker
+) -> None:
+    def signed(version: int, member: str) -> bytes:
+        return issue_denylist(site.issuer.key, kid=site.issuer.kid, issuer=site.issuer.name,
+                              site=SITE, version=version, now=int(time.time()),
+                              entries=[{"sub": member, "until": int(time.time()) + 3600}]
+                              ).encode()
+
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="platform-denylist")
+    publisher.connect(broker.host, broker.port)
+    publisher.loop_start()
+    try:
+        # Retained before the device connects: it must pick it up on subscribing.
+        publisher.publish(f"curbside/v1/{SITE}/denylist", signed(2, "ada"), qos=1,
+                          retain=True).wait_for_publish(5)
+        async with running(site) as h:
+            await h.until(has("denylist.applied"))
+            reader.present("A1", site.badge("ada", groups=("hand-tools",)))
+            await h.until(has("access.denied", "A1"))
+            publisher.publish(f"curbside/v1/{SITE}/denylist", signed(1, "bo"), qos=1,
+                              retain=True).wait_for_publish(5)
+            await h.until(has("denylist.refused"))
+            assert h.agent.denylist.version == 2
+    finally:
+        publisher.publish(f"curbside/v1/{SITE}/denylist", b"", qos=1, retain=True)
+        publisher.disconnect()
+        publisher.loop_stop()
+    denied = [e for e in h.events if e.type == "access.denied"]
+    assert denied[0].fields["reason"] == "revoked"
+    [refused] = [e for e in h.events if e.type == "denylist.refused"]
+    assert refused.fields["outcome"] == "rollback"
+    assert refused.event_class is EventClass.ALARM
