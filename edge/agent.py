@@ -20,7 +20,7 @@ from typing import Any
 from edge import __version__
 from edge.access import CREDENTIAL_FAILURES, AccessPolicy, Decision, Reason
 from edge.clock import Reading, TrustedClock
-from edge.commands import Commands
+from edge.commands import CommandError, Commands, Context
 from edge.config import SiteConfig
 from edge.denylist import DenylistStore, Update
 from edge.forwarder import Forwarder
@@ -28,10 +28,12 @@ from edge.gpio import build_pin_factory
 from edge.link import LinkDown, LinkState, MqttLink, PublishRejected, backoff_delay
 from edge.lockers import LockerBank
 from edge.outbox import EventClass, Outbox, StoredEvent
+from edge.replay import ReplayCache
 from edge.throttle import FailureThrottle
 from edge.topics import DeviceTopics
 from firmware_bridge.badge_reader import BadgeReaderDecoder, BadgeScan, GarbageLine
 from firmware_bridge.serial_port import AsyncSerialPort, SerialPortClosed, SerialPortError
+from provisioning.commands import CommandVerifier
 from provisioning.denylist import DenylistVerifier
 from provisioning.keys import public_key_from_b64
 
@@ -80,7 +82,17 @@ class Agent:
             subscriptions=(self.topics.cmd, self.topics.denylist), on_message=self._on_message,
             on_connected=self.publish_state,
         )
-        self.commands = Commands(self.link, self.topics, boot_id=self.boot_id)
+        command_keys = {k.kid: public_key_from_b64(k.public_key)
+                        for k in config.trust.command_keys}
+        self.commands = Commands(
+            self.link, self.topics, boot_id=self.boot_id,
+            verifier=CommandVerifier(command_keys, device=config.device.id),
+            replay=ReplayCache(config.storage.path.with_name("commands.seen")),
+            clock=self.clock.now,
+            record=lambda kind, fields: self._record(kind, fields, EventClass.AUDIT))
+        self.commands.register("open", self._remote_open)
+        self.commands.register("set_time", self._set_time)
+        self.commands.register("refresh_state", self._refresh_state)
         self.forwarder = Forwarder(self.outbox, self.link, self.topics)
         self._state_changed = asyncio.Event()
         keys = {i.kid: public_key_from_b64(i.public_key) for i in config.trust.issuers}
@@ -218,6 +230,33 @@ class Agent:
     def _door_changed(self, compartment: str, closed: bool) -> None:
         self._doors.put_nowait((compartment, closed, self.clock.now()))
         self._state_changed.set()
+
+    async def _remote_open(self, args: dict[str, Any], context: Context) -> dict[str, Any]:
+        """Signed ``open``: unlock a compartment for the operator, recorded like a scan."""
+        compartment = args.get("compartment")
+        if self._lockers is None or compartment not in {c.id for c in self.config.compartments}:
+            raise CommandError(f"unknown compartment {compartment!r}")
+        await self._record("access.granted", {"compartment": compartment, "reason": "remote",
+                                              "operator": context.operator}, EventClass.AUDIT)
+        pulse_s = await self._lockers.unlock(str(compartment))
+        self.stats.unlocks += 1
+        await self._record("locker.pulsed", {"compartment": compartment,
+                                             "pulse_ms": round(pulse_s * 1000)},
+                           EventClass.STATE)
+        return {"compartment": compartment, "pulse_ms": round(pulse_s * 1000)}
+
+    async def _set_time(self, args: dict[str, Any], context: Context) -> dict[str, Any]:
+        """Signed ``set_time``: the command's own signed ``iat`` moves the time floor."""
+        assert context.issued_at is not None  # signed commands always carry it
+        self.clock.platform_time(float(context.issued_at))
+        reading = self.clock.now()
+        await self._record("time.set", {"signed_time": context.issued_at,
+                                        "operator": context.operator}, EventClass.AUDIT)
+        return {"floor": self.clock.floor, "quality": reading.quality.value}
+
+    async def _refresh_state(self, args: dict[str, Any], context: Context) -> dict[str, Any]:
+        await self.publish_state()
+        return {"published": True}
 
     def _on_message(self, message: Any) -> None:
         if message.topic == self.topics.denylist:

@@ -87,6 +87,8 @@ class TrustConfig(_Frozen):
     """The keys this site trusts. An unknown ``kid`` is always a denial."""
 
     issuers: tuple[IssuerKey, ...] = Field(min_length=1)
+    command_keys: tuple[IssuerKey, ...] = Field(
+        default=(), description="platform keys that may sign commands; none: no signed commands")
     leeway_s: int = Field(default=60, ge=0, le=600)
 
     @field_validator("issuers")
