@@ -71,7 +71,8 @@ def test_store_survives_a_restart_and_refuses_an_edited_file(tmp_path: Path) -> 
     DenylistStore(path, VERIFIER).update(denylist(3, {"sub": "ada", "until": NOW + 99}))
     assert DenylistStore(path, VERIFIER).revokes(badge(), now=NOW)
     head, body, sig = path.read_text().strip().split(".")
-    path.write_text(f"{head}.{body}.{sig[:-2]}AA\n")
+    flipped = "B" if body[10] != "B" else "C"  # an edited claim, whatever the signature
+    path.write_text(f"{head}.{body[:10]}{flipped}{body[11:]}.{sig}\n")
     assert DenylistStore(path, VERIFIER).version == 0
 
 
