@@ -16,7 +16,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -265,7 +265,10 @@ class Scene:
 
     async def _outage(self, broker: MosquittoBroker, platform: PlatformRecorder) -> None:
         n = self.n
-        await asyncio.wait_for(self.agent.outbox.wait_empty(), STEP_TIMEOUT_S)
+        await _within(self.agent.outbox.wait_empty(), "the outbox to drain")
+        sent = {e.seq for e in n.events}
+        await _within(platform.wait_for(lambda p: sent <= {e["seq"] for e in p.events},
+                                        STEP_TIMEOUT_S), "the platform to have every event")
         n.say("platform", f"received {len(platform.events)} events so far")
 
         n.heading("5. The broker drops out; Cleo still opens B1; the queue drains on return")
@@ -278,10 +281,10 @@ class Scene:
         n.say("outbox", f"{self.agent.outbox.depth} event(s) queued while offline")
         broker.start()
         n.say("broker", "back")
-        await asyncio.wait_for(self.agent.outbox.wait_empty(), STEP_TIMEOUT_S)
+        await _within(self.agent.outbox.wait_empty(), "the outbox to drain after the outage")
         recorded = {e.seq for e in n.events}
-        await platform.wait_for(lambda p: recorded <= {e["seq"] for e in p.events},
-                                STEP_TIMEOUT_S)
+        await _within(platform.wait_for(lambda p: recorded <= {e["seq"] for e in p.events},
+                                        STEP_TIMEOUT_S), "the platform to have every event")
         seqs = sorted(int(e["seq"]) for e in platform.events)
         gaps = sorted(set(range(seqs[0], seqs[-1] + 1)) - set(seqs))
         ordered = platform.in_order_per_class()
@@ -289,6 +292,14 @@ class Scene:
                           f"{'in order per class' if ordered else 'OUT OF ORDER'}, "
                           f"{'no gaps' if not gaps else f'gaps {gaps}'}, "
                           f"{platform.duplicates} duplicate(s) dropped")
+
+
+async def _within(step: Awaitable[None], what: str) -> None:
+    """Await ``step`` for at most STEP_TIMEOUT_S; a timeout names what did not happen."""
+    try:
+        await asyncio.wait_for(step, STEP_TIMEOUT_S)
+    except TimeoutError as exc:
+        raise TimeoutError(f"waited {STEP_TIMEOUT_S:g}s for {what}") from exc
 
 
 def _forged(site: VirtualSite) -> str:
