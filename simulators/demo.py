@@ -194,11 +194,15 @@ class Scene:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.agent.run(stop), name="agent")
-                play = tg.create_task(self._play_then_idle(duration, stop), name="scene")
-                await stop.wait()
-                play.cancel()
+            async with contextlib.AsyncExitStack() as stack:
+                if self.broker is not None:  # subscribed before the agent says a word
+                    self.platform = await stack.enter_async_context(
+                        PlatformRecorder(self.broker.host, self.broker.port, SITE))
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self.agent.run(stop), name="agent")
+                    play = tg.create_task(self._play_then_idle(duration, stop), name="scene")
+                    await stop.wait()
+                    play.cancel()
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
@@ -210,12 +214,7 @@ class Scene:
     async def _play_then_idle(self, duration: float | None, stop: asyncio.Event) -> None:
         await asyncio.wait_for(self.agent.reader_ready.wait(), STEP_TIMEOUT_S)
         try:
-            if self.broker is not None:
-                async with PlatformRecorder(self.broker.host, self.broker.port, SITE) as p:
-                    self.platform = p
-                    await self.play()
-            else:
-                await self.play()
+            await self.play()
         except TimeoutError as exc:
             self.n.say("scene", f"stopped: {exc}")
             stop.set()
