@@ -35,7 +35,7 @@ class Reason(StrEnum):
     EXPIRED = "expired"
     NOT_YET_VALID = "not_yet_valid"
     NOT_GRANTED = "not_granted"
-    MISSING_SKILL = "missing_skill"
+    MISSING_BADGE = "missing_badge"
     CLOCK_UNTRUSTED = "clock_untrusted"
     REVOKED = "revoked"
     LOCKED_OUT = "locked_out"
@@ -69,7 +69,7 @@ class Decision:
     compartment: str
     reason: Reason
     badge: Badge | None = None
-    missing_skills: tuple[str, ...] = ()
+    missing_badges: tuple[str, ...] = ()
 
     @property
     def granted(self) -> bool:
@@ -88,8 +88,8 @@ class Decision:
         if self.badge is not None:
             event["member"] = self.badge.member
             event["badge_id"] = self.badge.badge_id
-        if self.missing_skills:
-            event["missing_skills"] = list(self.missing_skills)
+        if self.missing_badges:
+            event["missing_badges"] = list(self.missing_badges)
         return event
 
 
@@ -132,5 +132,5 @@ class AccessPolicy:
             return Decision(cid, Reason.NOT_GRANTED, badge)
         missing = tuple(s for s in compartment.skills if s not in badge.skills)
         if missing:
-            return Decision(cid, Reason.MISSING_SKILL, badge, missing)
+            return Decision(cid, Reason.MISSING_BADGE, badge, missing)
         return Decision(cid, Reason.GRANTED, badge)

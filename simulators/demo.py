@@ -117,7 +117,7 @@ class Narrator:
         seq = f"seq {stored.seq}"
         if stored.type in ("access.granted", "access.denied"):
             verdict = "GRANTED" if stored.type == "access.granted" else "DENIED "
-            extra = f" missing {', '.join(f['missing_skills'])}" if "missing_skills" in f else ""
+            extra = f" missing {', '.join(f['missing_badges'])}" if "missing_badges" in f else ""
             self.say("decision", f"{verdict} {f['compartment']}  reason={f['reason']}{extra}  "
                                  f"({seq}, on disk before any coil)   {self.gauges()}")
         elif stored.type.startswith("door."):

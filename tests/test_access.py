@@ -38,7 +38,7 @@ def scan(compartment: str, **grants: tuple[str, ...]) -> BadgeScan:
         ("A1", {"compartments": ("A1",)}, Reason.GRANTED),
         ("A1", {"groups": ("hand-tools",)}, Reason.GRANTED),
         ("A1", {"compartments": ("B1",)}, Reason.NOT_GRANTED),
-        ("B1", {"groups": ("batteries",)}, Reason.MISSING_SKILL),
+        ("B1", {"groups": ("batteries",)}, Reason.MISSING_BADGE),
         ("B1", {"groups": ("batteries",), "skills": ("battery-handling",)}, Reason.GRANTED),
         ("C7", {"compartments": ("C7",)}, Reason.UNKNOWN_COMPARTMENT),
     ],
@@ -50,13 +50,13 @@ def test_policy_decisions(compartment: str, grants: dict[str, tuple[str, ...]],
     assert decision.granted is (reason is Reason.GRANTED)
 
 
-def test_denial_event_names_member_and_missing_skills() -> None:
+def test_denial_event_names_member_and_missing_badges() -> None:
     decision = POLICY.decide(scan("B1", groups=("batteries",)), now=AT)
     assert decision.event_type == "access.denied"
     assert decision.event_fields() == {
-        "compartment": "B1", "reason": "missing_skill",
+        "compartment": "B1", "reason": "missing_badge",
         "member": "ada", "badge_id": decision.badge.badge_id if decision.badge else None,
-        "missing_skills": ["battery-handling"],
+        "missing_badges": ["battery-handling"],
     }
 
 

@@ -140,10 +140,10 @@ async def test_denials_carry_their_reason_and_never_touch_a_coil(
         await h.until(lambda ev: sum(e.type == "access.denied" for e in ev) == 4)
         denied = [e.fields for e in h.events if e.type == "access.denied"]
     assert [(d["compartment"], d["reason"]) for d in denied] == [
-        ("B1", "missing_skill"), ("A1", "not_granted"), ("Z9", "unknown_compartment"),
+        ("B1", "missing_badge"), ("A1", "not_granted"), ("Z9", "unknown_compartment"),
         ("A1", "expired"),
     ]
-    assert denied[0]["missing_skills"] == ["battery-handling"]
+    assert denied[0]["missing_badges"] == ["battery-handling"]
     assert [s.state for s in h.factory.pin(17).states] == [False]
     assert [s.state for s in h.factory.pin(22).states] == [False]
 

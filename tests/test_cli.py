@@ -80,7 +80,7 @@ def test_demo_plays_the_whole_scene_and_exits_cleanly(tmp_path: Path) -> None:
         "GRANTED A1  reason=granted",
         "DENIED  A1  reason=bad_signature",
         "DENIED  A1  reason=expired",
-        "DENIED  B1  reason=missing_skill missing battery-handling",
+        "DENIED  B1  reason=missing_badge missing battery-handling",
         "GRANTED B1  reason=granted",
         "link      down",
         "in order per class, no gaps",
@@ -126,7 +126,7 @@ async def test_demo_without_mosquitto_runs_offline_and_says_so(
     text = out.getvalue()
     assert "mosquitto is not installed, so the agent runs offline" in text
     assert "GRANTED A1" in text
-    assert "DENIED  B1  reason=missing_skill" in text
+    assert "DENIED  B1  reason=missing_badge" in text
     assert "Offline all along: every event waits in the outbox" in text
     assert "outbox closed with" in text  # events kept for the next start
 
