@@ -17,10 +17,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from provisioning.errors import TokenFault, TokenRejected
-from provisioning.tokens import TokenVerifier, sign_token
+from provisioning.tokens import TokenVerifier, sign_token, typed_claims
 
 BADGE_TYP = "curbside-badge+jwt"
 MAX_LIFETIME_S = 31 * 24 * 3600  # badges are short-lived: a month at most
@@ -106,9 +105,4 @@ class BadgeVerifier:
     def verify(self, token: str, *, now: float) -> Badge:
         """Return the badge; raise :class:`TokenRejected` if anything about it is wrong."""
         claims = self._tokens.verify(token, now=now)
-        try:
-            return Badge.model_validate(claims)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise TokenRejected(TokenFault.BAD_CLAIMS, f"{where}: {first['msg']}") from exc
+        return typed_claims(Badge, claims)

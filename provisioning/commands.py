@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from provisioning.errors import TokenFault, TokenRejected
-from provisioning.tokens import TokenVerifier, sign_token
+from provisioning.tokens import TokenVerifier, sign_token, typed_claims
 
 COMMAND_TYP = "curbside-command+jwt"
 MAX_LIFETIME_S = 300
@@ -57,12 +57,7 @@ class CommandVerifier:
     def verify(self, token: str, *, now: float | None) -> Command:
         """``now=None`` skips the time checks (only for commands that set the time)."""
         claims = self._tokens.verify(token, now=now)
-        try:
-            command = Command.model_validate(claims)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise TokenRejected(TokenFault.BAD_CLAIMS, f"{where}: {first['msg']}") from exc
+        command = typed_claims(Command, claims)
         if command.expires_at - command.issued_at > MAX_LIFETIME_S:
             raise TokenRejected(TokenFault.BAD_CLAIMS, f"lives longer than {MAX_LIFETIME_S}s")
         return command

@@ -13,10 +13,9 @@ import secrets
 from collections.abc import Mapping, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from provisioning.errors import TokenFault, TokenRejected
-from provisioning.tokens import TokenVerifier, sign_token
+from provisioning.tokens import TokenVerifier, sign_token, typed_claims
 
 DENYLIST_TYP = "curbside-denylist+jwt"
 MAX_ENTRIES = 10_000
@@ -84,9 +83,4 @@ class DenylistVerifier:
         """Signature, typ and site; no clock involved: a device whose clock was set back
         must not forget revocations, and the version (not the time) orders denylists."""
         claims = self._tokens.verify(token, now=None)
-        try:
-            return Denylist.model_validate(claims)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise TokenRejected(TokenFault.BAD_CLAIMS, f"{where}: {first['msg']}") from exc
+        return typed_claims(Denylist, claims)

@@ -13,16 +13,28 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ValidationError
 
 from provisioning.errors import TokenFault, TokenRejected
 from provisioning.keys import b64url_decode
 
+M = TypeVar("M", bound=BaseModel)
 ALGORITHM = "EdDSA"
 MAX_TOKEN_CHARS = 2048  # far above any real badge (< 400); bounds the work a forged one causes
+
+
+def typed_claims(model: type[M], claims: Mapping[str, Any]) -> M:
+    """Verified claims as ``model``; a claim of the wrong type or size is ``bad_claims``."""
+    try:
+        return model.model_validate(claims)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise TokenRejected(TokenFault.BAD_CLAIMS, f"{where}: {first['msg']}") from exc
 
 
 def sign_token(claims: Mapping[str, Any], key: Ed25519PrivateKey, *, kid: str, typ: str) -> str:
