@@ -1,9 +1,11 @@
 """The composition root: builds every part from the configuration and runs them.
 
 One ``asyncio.TaskGroup`` with named tasks: ``link`` (broker connection), ``forwarder``
-(outbox to broker), ``reader`` (badge scans to decisions to unlocks) and ``doors`` (door
-sensor changes to events). A scan's decision is appended to the outbox, and so durable,
-before :meth:`LockerBank.unlock` energises anything (write-ahead audit).
+(outbox to broker), ``reader`` (badge scans to decisions to unlocks), ``doors`` (door
+sensor changes to events), ``commands`` (signed platform commands) and ``documents``
+(denylists and trust bundles from the site topics). A decision is appended to the
+outbox, and so durable, before :meth:`LockerBank.unlock` energises anything
+(write-ahead audit); a limited-use badge is consumed durably before that.
 """
 
 from __future__ import annotations
@@ -18,24 +20,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge import __version__
-from edge.access import CREDENTIAL_FAILURES, AccessPolicy, Decision, Reason
+from edge.access import AUDIT_TARGET, AccessPolicy, Decision
 from edge.clock import Reading, TrustedClock
 from edge.commands import CommandError, Commands, Context
 from edge.config import SiteConfig
-from edge.denylist import DenylistStore, Update
+from edge.denylist import DenylistStore
 from edge.forwarder import Forwarder
 from edge.gpio import build_pin_factory
 from edge.link import LinkDown, LinkState, MqttLink, PublishRejected, backoff_delay
 from edge.lockers import LockerBank
 from edge.outbox import EventClass, Outbox, StoredEvent
+from edge.reasons import CREDENTIAL_FAILURES, Reason
+from edge.remote_config import RemoteConfigError, RemoteConfigStore, apply_items
 from edge.replay import ReplayCache
+from edge.signed_store import Update
 from edge.throttle import FailureThrottle
 from edge.topics import DeviceTopics
+from edge.trust import TrustStore
+from edge.uses import UseLedger
 from firmware_bridge.badge_reader import BadgeReaderDecoder, BadgeScan, GarbageLine
 from firmware_bridge.serial_port import AsyncSerialPort, SerialPortClosed, SerialPortError
 from provisioning.commands import CommandVerifier
-from provisioning.denylist import DenylistVerifier
-from provisioning.keys import public_key_from_b64
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +75,9 @@ class Agent:
         pin_factory: Any = None,
         observer: EventObserver | None = None,
     ) -> None:
+        state_dir = config.storage.path.parent
+        self.remote_config = RemoteConfigStore(state_dir / "remote-config.json")
+        config = self.remote_config.apply_to(config)
         self.config = config
         self.boot_id = uuid.uuid4().hex[:12]
         self.topics = DeviceTopics(config.device.site, config.device.id)
@@ -79,28 +87,28 @@ class Agent:
                              clock=self.clock.now)
         self.link = MqttLink(
             config.mqtt, self.topics, boot_id=self.boot_id, on_state=self._on_link_state,
-            subscriptions=(self.topics.cmd, self.topics.denylist), on_message=self._on_message,
-            on_connected=self.publish_state,
+            subscriptions=(self.topics.cmd, self.topics.denylist, self.topics.trust),
+            on_message=self._on_message, on_connected=self.publish_state,
         )
-        command_keys = {k.kid: public_key_from_b64(k.public_key)
-                        for k in config.trust.command_keys}
+        self.trust = TrustStore(state_dir / "trust.jws", config.trust, site=config.device.site)
+        self.denylist = DenylistStore(state_dir / "denylist.jws", self.trust.issuer_keys,
+                                      site=config.device.site)
+        self.uses = UseLedger(state_dir / "uses.db", leeway_s=config.trust.leeway_s)
+        self._command_verifier: tuple[object, CommandVerifier | None] = (None, None)
         self.commands = Commands(
-            self.link, self.topics, boot_id=self.boot_id,
-            verifier=CommandVerifier(command_keys, device=config.device.id),
-            replay=ReplayCache(config.storage.path.with_name("commands.seen")),
+            self.link, self.topics, boot_id=self.boot_id, verifier=self.command_verifier,
+            replay=ReplayCache(state_dir / "commands.seen"),
             clock=self.clock.now,
             record=lambda kind, fields: self._record(kind, fields, EventClass.AUDIT))
         self.commands.register("open", self._remote_open)
+        self.commands.register("audit", self._remote_audit)
         self.commands.register("set_time", self._set_time)
+        self.commands.register("set_config", self._set_config)
         self.commands.register("refresh_state", self._refresh_state)
         self.forwarder = Forwarder(self.outbox, self.link, self.topics)
         self._state_changed = asyncio.Event()
-        keys = {i.kid: public_key_from_b64(i.public_key) for i in config.trust.issuers}
-        self.denylist = DenylistStore(config.storage.path.with_name("denylist.jws"),
-                                      DenylistVerifier(keys, site=config.device.site))
-        self._denylists: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
-        self._policy = AccessPolicy(config.device.site, config.trust, config.compartments,
-                                    self.denylist)
+        self._documents: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=8)
+        self._policy = self._build_policy()
         self._throttle = FailureThrottle(
             max_failures=config.access.max_failures, window_s=config.access.failure_window_s,
             lockout_s=config.access.lockout_s)
@@ -136,12 +144,13 @@ class Agent:
                         tg.create_task(self._record_link(), name="link-events")
                         tg.create_task(self.commands.run(), name="commands")
                         tg.create_task(self._republish_state(), name="state")
-                        tg.create_task(self._apply_denylists(), name="denylist")
+                        tg.create_task(self._apply_documents(), name="documents")
                         tg.create_task(_raise_when_set(stop), name="stop")
                 except* _StopRequested:
                     log.info("stopping")
             finally:
                 self._lockers.close()
+                self.uses.close()
                 self.clock.save()
                 self.running.clear()
                 self.reader_ready.clear()
@@ -166,6 +175,21 @@ class Agent:
             self._observer(stored)
         return stored
 
+    def _build_policy(self) -> AccessPolicy:
+        config = self.config
+        return AccessPolicy(config.device.site, config.compartments,
+                            keys=self.trust.issuer_keys, access=config.access,
+                            leeway_s=config.trust.leeway_s, denylist=self.denylist)
+
+    def command_verifier(self) -> CommandVerifier | None:
+        """The verifier for the command keys in force (None: no command keys)."""
+        ring = self.trust.command_keys()
+        if self._command_verifier[0] is not ring:
+            verifier = CommandVerifier(ring, device=self.config.device.id,
+                                       leeway_s=self.config.trust.leeway_s) if ring else None
+            self._command_verifier = (ring, verifier)
+        return self._command_verifier[1]
+
     async def handle_scan(self, scan: BadgeScan, lockers: LockerBank) -> None:
         """Decide a scan, make the decision durable, then (if granted) unlock."""
         self.stats.scans += 1
@@ -174,6 +198,9 @@ class Agent:
             decision = Decision(scan.compartment, Reason.LOCKED_OUT)
         else:
             decision = self._policy.decide(scan, now=now)
+        if decision.granted and decision.badge is not None \
+                and not await self.uses.consume(decision.badge, now=now.ts):
+            decision = decision.refused(Reason.USED_UP)
         # Durable before the coil: append returns after the commit. If storage has failed
         # (disk full), the decision is held in memory, storage.fault is raised, and the
         # member still gets in: a full SD card must not lock the library.
@@ -189,14 +216,37 @@ class Agent:
                 "failures": access.max_failures, "window_s": access.failure_window_s,
                 "lockout_s": access.lockout_s}, EventClass.ALARM)
         log.info("%s %s: %s", decision.event_type, decision.compartment, decision.reason.value)
-        if decision.granted:
-            pulse_s = await lockers.unlock(decision.compartment)
-            self.stats.unlocks += 1
-            await self._record(
-                "locker.pulsed",
-                {"compartment": decision.compartment, "pulse_ms": round(pulse_s * 1000)},
-                EventClass.STATE,
-            )
+        if not decision.granted:
+            return
+        if decision.compartment == AUDIT_TARGET:
+            assert decision.badge is not None
+            await self.audit_mode(lockers, {"member": decision.badge.member,
+                                            "badge_id": decision.badge.badge_id})
+        else:
+            await self._unlock(lockers, decision.compartment)
+
+    async def _unlock(self, lockers: LockerBank, compartment: str) -> int:
+        """Pulse ``compartment`` (its grant already recorded); record and return the pulse."""
+        pulse_ms = round(await lockers.unlock(compartment) * 1000)
+        self.stats.unlocks += 1
+        await self._record("locker.pulsed", {"compartment": compartment, "pulse_ms": pulse_ms},
+                           EventClass.STATE)
+        return pulse_ms
+
+    async def audit_mode(self, lockers: LockerBank, by: dict[str, Any]) -> list[str]:
+        """Open every compartment in turn, ``access.audit_interval_s`` apart, each grant
+        recorded before its coil; ``by`` names who asked. Returns the ids opened."""
+        ids = [c.id for c in self.config.compartments]
+        await self._record("audit_mode.started", {**by, "compartments": ids}, EventClass.AUDIT)
+        for index, compartment in enumerate(ids):
+            if index:
+                await asyncio.sleep(self.config.access.audit_interval_s)
+            await self._record("access.granted", {"compartment": compartment, "reason":
+                                                  Reason.GRANTED.value, "via": "audit", **by},
+                               EventClass.AUDIT)
+            await self._unlock(lockers, compartment)
+        await self._record("audit_mode.finished", {**by, "opened": len(ids)}, EventClass.AUDIT)
+        return ids
 
     async def _read_badges(self, lockers: LockerBank) -> None:
         url = self.config.reader.url
@@ -236,14 +286,47 @@ class Agent:
         compartment = args.get("compartment")
         if self._lockers is None or compartment not in {c.id for c in self.config.compartments}:
             raise CommandError(f"unknown compartment {compartment!r}")
-        await self._record("access.granted", {"compartment": compartment, "reason": "remote",
-                                              "operator": context.operator}, EventClass.AUDIT)
-        pulse_s = await self._lockers.unlock(str(compartment))
-        self.stats.unlocks += 1
-        await self._record("locker.pulsed", {"compartment": compartment,
-                                             "pulse_ms": round(pulse_s * 1000)},
-                           EventClass.STATE)
-        return {"compartment": compartment, "pulse_ms": round(pulse_s * 1000)}
+        await self._record("access.granted", {"compartment": compartment, "reason": "granted",
+                                              "via": "remote", "operator": context.operator},
+                           EventClass.AUDIT)
+        pulse_ms = await self._unlock(self._lockers, str(compartment))
+        return {"compartment": compartment, "pulse_ms": pulse_ms}
+
+    async def _remote_audit(self, args: dict[str, Any], context: Context) -> dict[str, Any]:
+        """Signed ``audit``: audit mode for the operator; replies once every door opened."""
+        if self._lockers is None:
+            raise CommandError("the locker bank is not running")
+        opened = await self.audit_mode(self._lockers, {"operator": context.operator})
+        return {"opened": opened}
+
+    async def _set_config(self, args: dict[str, Any], context: Context) -> dict[str, Any]:
+        """Signed ``set_config``: change remote items (edge.remote_config), validated,
+        persisted, applied at once, and recorded with the values before and after."""
+        items = args.get("items")
+        if not isinstance(items, dict) or not items:
+            raise CommandError('expected args {"items": {"access.lockout_s": 60, ...}}')
+        try:
+            config = apply_items(self.config, items)
+        except RemoteConfigError as exc:
+            raise CommandError(f"invalid configuration item: {exc}") from exc
+        before = {name: _item(self.config, name) for name in items}
+        self.remote_config.save(items)
+        self._apply_config(config)
+        after = {name: _item(config, name) for name in items}
+        await self._record("config.changed", {"operator": context.operator, "before": before,
+                                              "after": after}, EventClass.AUDIT)
+        self._state_changed.set()
+        return {"applied": after}
+
+    def _apply_config(self, config: SiteConfig) -> None:
+        self.config = config
+        self._policy = self._build_policy()
+        self._throttle.reconfigure(max_failures=config.access.max_failures,
+                                   window_s=config.access.failure_window_s,
+                                   lockout_s=config.access.lockout_s)
+        if self._lockers is not None:
+            for compartment in config.compartments:
+                self._lockers.set_pulse(compartment.id, compartment.pulse_ms / 1000)
 
     async def _set_time(self, args: dict[str, Any], context: Context) -> dict[str, Any]:
         """Signed ``set_time``: the command's own signed ``iat`` moves the time floor."""
@@ -259,30 +342,34 @@ class Agent:
         return {"published": True}
 
     def _on_message(self, message: Any) -> None:
-        if message.topic == self.topics.denylist:
-            try:
-                self._denylists.put_nowait(bytes(message.payload))
-            except asyncio.QueueFull:
-                log.warning("denylist update dropped: too many waiting")
-        else:
+        kind = {self.topics.denylist: "denylist", self.topics.trust: "trust"}.get(message.topic)
+        if kind is None:
             self.commands.on_message(message)
+            return
+        try:
+            self._documents.put_nowait((kind, bytes(message.payload)))
+        except asyncio.QueueFull:
+            log.warning("%s update dropped: too many waiting", kind)
 
-    async def _apply_denylists(self) -> None:
-        """Verify and apply denylists from the site topic; record what happened."""
+    async def _apply_documents(self) -> None:
+        """Verify and apply denylists and trust bundles from the site topics; record what
+        happened. A retained document redelivered on every reconnect is a no-op."""
         while True:
-            payload = await self._denylists.get()
+            kind, payload = await self._documents.get()
             try:
                 token = payload.decode("ascii").strip()
             except UnicodeDecodeError:
                 token = ""
-            result = self.denylist.update(token)
+            store: TrustStore | DenylistStore = self.trust if kind == "trust" else self.denylist
+            result = store.update(token)
             if result.outcome is Update.APPLIED:
-                await self._record("denylist.applied", {"version": result.version},
+                log.info("%s version %d applied", kind, result.version)
+                await self._record(f"{kind}.applied", {"version": result.version},
                                    EventClass.AUDIT)
                 self._state_changed.set()
             elif result.outcome is not Update.SAME:
-                log.warning("denylist refused (%s): %s", result.outcome.value, result.detail)
-                await self._record("denylist.refused", {
+                log.warning("%s refused (%s): %s", kind, result.outcome.value, result.detail)
+                await self._record(f"{kind}.refused", {
                     "outcome": result.outcome.value, "detail": result.detail[:200],
                     "held_version": result.version}, EventClass.ALARM)
 
@@ -303,6 +390,8 @@ class Agent:
                        "dropped": stats.dropped, "held_in_memory": stats.held_in_memory,
                        "fault": stats.fault},
             "denylist_version": self.denylist.version,
+            "trust_version": self.trust.version,
+            "remote_config": self.remote_config.items,
             "stats": {"scans": self.stats.scans, "unlocks": self.stats.unlocks,
                       "garbage_lines": self.stats.garbage_lines},
         }
@@ -343,6 +432,15 @@ class Agent:
                 fields = {"detail": detail} if detail else {}
                 await self._record(f"link.{state.value}", fields, EventClass.STATE, at)
                 was_up = is_up
+
+
+def _item(config: SiteConfig, name: str) -> Any:
+    """The value of a remote item (``access.lockout_s``, ``compartments.B1.skills``)."""
+    parts = name.split(".")
+    if parts[0] == "compartments":
+        section: Any = next(c for c in config.compartments if c.id == parts[1])
+        return section.model_dump(mode="json")[parts[2]]
+    return getattr(config, parts[0]).model_dump(mode="json")[parts[1]]
 
 
 async def _raise_when_set(stop: asyncio.Event) -> None:

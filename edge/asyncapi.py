@@ -16,12 +16,14 @@ from edge.payloads import (
     CommandReply,
     CommandRequest,
     EventBatch,
+    SignedDocument,
     StateSnapshot,
     Status,
 )
 
 REF = "#/components/schemas/{model}"
 PREFIX = "curbside/v1/{site}/{device}"
+SITE = "curbside/v1/{site}"
 
 # (channel, address, payload model, direction for the device, summary, MQTT bindings)
 CHANNELS: list[tuple[str, str, type[BaseModel], str, str, dict[str, Any]]] = [
@@ -39,6 +41,12 @@ CHANNELS: list[tuple[str, str, type[BaseModel], str, str, dict[str, Any]]] = [
     ("cmdResult", f"{PREFIX}/cmd/result", CommandReply, "send",
      "Replies for MQTT 3.1.1 clients; MQTT 5 replies go to the request's response topic.",
      {"qos": 1, "retain": False}),
+    ("denylist", f"{SITE}/denylist", SignedDocument, "receive",
+     "The site's signed denylist (typ curbside-denylist+jwt); newer versions only.",
+     {"qos": 1, "retain": True}),
+    ("trust", f"{SITE}/trust", SignedDocument, "receive",
+     "The site's signed trust bundle (typ curbside-trust+jwt); newer versions only.",
+     {"qos": 1, "retain": True}),
 ]
 
 
@@ -59,12 +67,15 @@ def build_document() -> dict[str, Any]:
     messages: dict[str, Any] = {}
     for name, address, model, action, summary, binding in CHANNELS:
         message = f"{name}Message"
+        signed = model is SignedDocument
         messages[message] = {
-            "name": message, "contentType": "application/json", "summary": summary,
+            "name": message, "summary": summary,
+            "contentType": "application/jose" if signed else "application/json",
             "payload": {"$ref": REF.format(model=model.__name__)},
             "bindings": {"mqtt": {"bindingVersion": "0.2.0"}},
         }
-        channels[name] = {"address": address, "parameters": params,
+        used = {k: v for k, v in params.items() if "{" + k + "}" in address}
+        channels[name] = {"address": address, "parameters": used,
                           "messages": {message: {"$ref": f"#/components/messages/{message}"}}}
         operations[f"{action}{name[0].upper()}{name[1:]}"] = {
             "action": action, "channel": {"$ref": f"#/channels/{name}"}, "summary": summary,

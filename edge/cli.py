@@ -1,4 +1,4 @@
-"""The ``curbside`` command line: run the agent, check a config, issue keys and badges.
+"""The ``curbside`` command line: run the agent, check a config, keys and signed tokens.
 
 Further commands (``curbside demo`` from the simulators) plug in through the
 ``curbside.commands`` entry point group, so the agent never imports the simulators.
@@ -13,24 +13,23 @@ import logging
 import re
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from edge import __version__
+from edge import __version__, cli_signing
 from edge.agent import Agent
 from edge.audit_chain import verify_outbox
 from edge.config import load_config
 from edge.errors import ConfigError, CurbsideError
-from provisioning.badges import issue_badge
 from provisioning.errors import ProvisioningError
-from provisioning.issuer import init_issuer, load_issuer
+from provisioning.issuer import init_issuer
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_TRUST_SECTIONS = {"issuer": "issuers", "command": "command_keys", "root": "root_keys"}
 
 
 def parse_duration(text: str) -> int:
@@ -67,27 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--db", type=Path, help="an outbox file instead of the config's")
     verify.set_defaults(handler=_cmd_audit_verify)
 
-    issuer = sub.add_parser("issuer", help="manage a badge issuer key").add_subparsers(
+    issuer = sub.add_parser("issuer", help="create signing keys").add_subparsers(
         dest="issuer_command", required=True, metavar="ACTION"
     )
-    init = issuer.add_parser("init", help="create an Ed25519 issuer key in DIR")
+    init = issuer.add_parser("init", help="create an Ed25519 signing key directory DIR")
     init.add_argument("directory", type=Path)
-    init.add_argument("--name", default="curbside-coop", help="issuer name (iss claim)")
+    init.add_argument("--name", default="curbside-coop", help="signer name (iss claim)")
     init.add_argument("--kid", help="key id (default: derived from the public key)")
+    init.add_argument("--role", choices=sorted(_TRUST_SECTIONS), default="issuer",
+                      help="what the key signs: badges and denylists (issuer), platform "
+                           "commands (command) or trust bundles (root)")
     init.set_defaults(handler=_cmd_issuer_init)
 
-    badge = sub.add_parser("badge", help="issue member badges").add_subparsers(
-        dest="badge_command", required=True, metavar="ACTION"
-    )
-    issue = badge.add_parser("issue", help="print a signed badge")
-    issue.add_argument("--issuer", type=Path, required=True, help="issuer directory")
-    issue.add_argument("--member", required=True)
-    issue.add_argument("--site", required=True)
-    issue.add_argument("--compartment", action="append", default=[], help="repeatable")
-    issue.add_argument("--group", action="append", default=[], help="repeatable")
-    issue.add_argument("--skill", action="append", default=[], help="repeatable")
-    issue.add_argument("--lifetime", type=parse_duration, default=7 * 86400, help="e.g. 7d")
-    issue.set_defaults(handler=_cmd_badge_issue)
+    cli_signing.register(sub, parse_duration)
 
     for plugin in entry_points(group="curbside.commands"):
         plugin.load()(sub)
@@ -133,20 +124,11 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def _cmd_issuer_init(args: argparse.Namespace) -> int:
     issuer = init_issuer(args.directory, name=args.name, kid=args.kid)
-    print(f"issuer {issuer.name!r} created in {args.directory} (private key: issuer.key, 0600)")
+    print(f"{args.role} key {issuer.name!r} created in {args.directory} "
+          "(private key: issuer.key, 0600)")
     print("trust it in a site configuration with:\n")
-    print(f'[[trust.issuers]]\nkid = "{issuer.kid}"\npublic_key = "{issuer.public_key}"')
-    return 0
-
-
-def _cmd_badge_issue(args: argparse.Namespace) -> int:
-    issuer = load_issuer(args.issuer)
-    token = issue_badge(
-        issuer.key, kid=issuer.kid, issuer=issuer.name, member=args.member, site=args.site,
-        now=int(time.time()), lifetime_s=args.lifetime, compartments=tuple(args.compartment),
-        groups=tuple(args.group), skills=tuple(args.skill),
-    )
-    print(token)
+    print(f'[[trust.{_TRUST_SECTIONS[args.role]}]]\nkid = "{issuer.kid}"\n'
+          f'public_key = "{issuer.public_key}"')
     return 0
 
 

@@ -4,8 +4,8 @@ Requests arrive on ``…/cmd`` either as JSON ``{"command": NAME, "id": ID, "arg
 (only commands registered as unsigned, i.e. ``ping``) or as a signed command, a compact
 JWS (:mod:`provisioning.commands`) verified against the platform command keys, addressed
 to this device, unexpired, and never seen before (:mod:`edge.replay`). Refusals carry a
-reason (``unsigned``, ``replayed``, ``bad_signature``, ``wrong_audience``, ``expired``...)
-in the reply and a ``command.rejected`` event.
+reason from :class:`~edge.reasons.Reason` (``unsigned``, ``replayed``, ``bad_signature``,
+``wrong_device``, ``expired``...) in the reply and a ``command.rejected`` event.
 Replies go to the MQTT 5 response topic with the request's correlation data, or, for
 MQTT 3.1.1 clients (or requests without a response topic), to ``…/cmd/result``; they are
 ``{"id", "command", "ok", "result" | "error"}``. Retained requests are never executed
@@ -31,6 +31,7 @@ import paho.mqtt.client as mqtt
 from edge import __version__
 from edge.clock import Reading
 from edge.link import LinkDown, MqttLink, PublishRejected
+from edge.reasons import Reason, fault_reason
 from edge.replay import ReplayCache
 from edge.topics import DeviceTopics
 from provisioning.commands import CommandVerifier
@@ -65,6 +66,7 @@ class Context:
 
 SignedHandler = Callable[[dict[str, Any], Context], Awaitable[dict[str, Any]]]
 RecordEvent = Callable[[str, dict[str, Any]], Awaitable[object]]
+VerifierSource = Callable[[], CommandVerifier | None]
 
 
 class CommandError(ValueError):
@@ -75,7 +77,8 @@ class Commands:
     """Parses requests on the loop thread, executes them in :meth:`run`, replies."""
 
     def __init__(self, link: MqttLink, topics: DeviceTopics, *, boot_id: str,
-                 verifier: CommandVerifier | None = None, replay: ReplayCache | None = None,
+                 verifier: CommandVerifier | VerifierSource | None = None,
+                 replay: ReplayCache | None = None,
                  clock: Callable[[], Reading] | None = None,
                  record: RecordEvent | None = None) -> None:
         self._link = link
@@ -170,8 +173,9 @@ class Commands:
         handler, needs_signature = entry
         if needs_signature and context.operator is None:
             self.rejected += 1
-            await self._note_rejection(request, "unsigned")
-            return {**reply, "ok": False, "error": "unsigned: this command must be signed"}
+            await self._note_rejection(request, Reason.UNSIGNED)
+            return {**reply, "ok": False,
+                    "error": f"{Reason.UNSIGNED}: this command must be signed"}
         try:
             return {**reply, "ok": True, "result": await handler(args, context)}
         except CommandError as exc:
@@ -184,20 +188,21 @@ class Commands:
         """The command, args and operator of a request; raise CommandError if refused."""
         if request.token is None:
             return request.command, request.args, Context(None)
-        if self._verifier is None or self._replay is None or self._clock is None:
-            raise CommandError("unsigned: no command keys are trusted on this device")
+        verifier = self._verifier() if callable(self._verifier) else self._verifier
+        if verifier is None or self._replay is None or self._clock is None:
+            raise CommandError(f"{Reason.UNSIGNED}: no command keys are trusted on this device")
         reading = self._clock()
         # set_time exists to repair a wrong clock, so its own times are not checked against
         # it; it can only move the time floor forward, so replaying one does no harm.
         unchecked = _unverified_claim(request.token, "cmd") == "set_time"
         try:
-            command = self._verifier.verify(request.token, now=None if unchecked
-                                            else reading.ts)
+            command = verifier.verify(request.token, now=None if unchecked else reading.ts)
         except TokenRejected as exc:
-            raise CommandError(f"{exc.fault.value}: {exc.detail}") from exc
+            reason = fault_reason(exc.fault, audience=Reason.WRONG_DEVICE)
+            raise CommandError(f"{reason}: {exc.detail}") from exc
         if not self._replay.first_use(command.nonce, expires_at=command.expires_at,
                                       now=reading.ts):
-            raise CommandError("replayed: this command was already executed")
+            raise CommandError(f"{Reason.REPLAYED}: this command was already executed")
         return command.name, command.args, Context(command.operator, command.issued_at)
 
     async def _note_rejection(self, request: Request, why: str) -> None:

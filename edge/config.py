@@ -8,6 +8,8 @@ the key path (``compartments[1].pulse_ms``) and what was expected. See docs/conf
 from __future__ import annotations
 
 import tomllib
+import zoneinfo
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -77,35 +79,79 @@ class StorageConfig(_Frozen):
 
 
 class IssuerKey(_Frozen):
-    """A badge issuer's public key, pinned by ``kid``."""
+    """A trusted public key, pinned by ``kid``, with an optional validity window.
+
+    ``not_before`` / ``not_after`` are TOML date-times (``2026-12-01T00:00:00Z``): the
+    key is used only between them, which is how a key is rotated out.
+    """
 
     kid: str = Field(min_length=1, max_length=64)
     public_key: str = Field(pattern=r"^[A-Za-z0-9_-]{43}$", description="base64url, 32 bytes")
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+
+    @field_validator("not_before", "not_after")
+    @classmethod
+    def _with_zone(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give a time zone, e.g. 2026-12-01T00:00:00Z")
+        return value
+
+    def window(self) -> tuple[int | None, int | None]:
+        """The window as Unix seconds (``None``: open)."""
+        return (None if self.not_before is None else int(self.not_before.timestamp()),
+                None if self.not_after is None else int(self.not_after.timestamp()))
+
+
+def _unique_kids(keys: tuple[IssuerKey, ...]) -> tuple[IssuerKey, ...]:
+    kids = [k.kid for k in keys]
+    if len(set(kids)) != len(kids):
+        raise ValueError("each kid must appear once")
+    return keys
 
 
 class TrustConfig(_Frozen):
-    """The keys this site trusts. An unknown ``kid`` is always a denial."""
+    """The keys this site trusts. An unknown ``kid`` is always a denial.
+
+    ``issuers`` and ``command_keys`` are the keys the device starts with; a signed trust
+    bundle under one of the ``root_keys`` replaces both (docs/badges.md).
+    """
 
     issuers: tuple[IssuerKey, ...] = Field(min_length=1)
     command_keys: tuple[IssuerKey, ...] = Field(
         default=(), description="platform keys that may sign commands; none: no signed commands")
+    root_keys: tuple[IssuerKey, ...] = Field(
+        default=(), description="keys that may sign trust bundles; none: bundles refused")
     leeway_s: int = Field(default=60, ge=0, le=600)
 
-    @field_validator("issuers")
-    @classmethod
-    def _unique_kids(cls, issuers: tuple[IssuerKey, ...]) -> tuple[IssuerKey, ...]:
-        kids = [i.kid for i in issuers]
-        if len(set(kids)) != len(kids):
-            raise ValueError("each issuer kid must appear once")
-        return issuers
+    _unique_issuers = field_validator("issuers")(_unique_kids)
+    _unique_commands = field_validator("command_keys")(_unique_kids)
+    _unique_roots = field_validator("root_keys")(_unique_kids)
 
 
 class AccessConfig(_Frozen):
-    """Brute-force defence: lock the reader after repeated bad credentials."""
+    """Access policy knobs: brute-force defence, badge lifetime cap, local time, audit mode."""
 
     max_failures: int = Field(default=5, ge=1, le=1000)
     failure_window_s: float = Field(default=60.0, gt=0, le=86400)
     lockout_s: float = Field(default=120.0, ge=0, le=86400)
+    max_badge_lifetime_s: int = Field(default=31 * 86400, ge=60, le=31 * 86400)
+    timezone: str = Field(default="UTC", description="IANA zone for badge time windows")
+    audit_interval_s: float = Field(default=2.0, ge=0.5, le=60)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (an IANA name like Europe/Paris)"
+                             ) from exc
+        return value
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
 
 
 class ReaderConfig(_Frozen):
@@ -122,8 +168,17 @@ class CompartmentConfig(_Frozen):
     solenoid_pin: PinName
     door_pin: PinName
     pulse_ms: int = Field(default=500, ge=50, le=MAX_PULSE_MS)
-    skills: tuple[Identifier, ...] = ()
+    skills: dict[Identifier, Annotated[int, Field(ge=1, le=9)]] = Field(
+        default_factory=dict, description="skill badge -> minimum level")
     group: Identifier | None = None
+
+    @field_validator("skills", mode="before")
+    @classmethod
+    def _names_mean_level_one(cls, value: Any) -> Any:
+        """``skills = ["battery-handling"]`` is ``{battery-handling = 1}``."""
+        if isinstance(value, list | tuple):
+            return {name: 1 for name in value}
+        return value
 
 
 class GpioHardware(_Frozen):

@@ -19,7 +19,7 @@ from edge.gpio import DoorSensor, Solenoid
 DoorCallback = Callable[[str, bool], None]  # (compartment id, is_closed)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Compartment:
     """One compartment's hardware."""
 
@@ -65,6 +65,10 @@ class LockerBank:
         async with self._coil:
             await compartment.solenoid.pulse(compartment.pulse_s, asyncio.get_running_loop())
         return compartment.pulse_s
+
+    def set_pulse(self, compartment_id: str, pulse_s: float) -> None:
+        """A new pulse length for the next unlocks (already capped by the configuration)."""
+        self._compartments[compartment_id].pulse_s = pulse_s
 
     def close(self) -> None:
         """Drive every output off and release all pins."""

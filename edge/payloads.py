@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 Hex64 = Field(pattern=r"^[0-9a-f]{64}$")
 
@@ -80,7 +80,18 @@ class StateSnapshot(BaseModel):
     doors: dict[str, Literal["open", "closed"]]
     outbox: OutboxState
     denylist_version: int = Field(ge=0, description="0: no denylist received yet")
+    trust_version: int = Field(
+        ge=0, description="installed trust bundle; 0: the configuration's keys")
+    remote_config: dict[str, object] = Field(
+        description="items set by signed set_config commands, applied over the file")
     stats: AgentCounters
+
+
+class SignedDocument(RootModel[str]):
+    """A compact JWS (docs/badges.md): ASCII ``header.payload.signature``, retained."""
+
+    root: str = Field(pattern=r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$",
+                      max_length=2 * 1024 * 1024)
 
 
 class CommandRequest(BaseModel):

@@ -43,3 +43,9 @@ class FailureThrottle:
             self.lockouts += 1
             return True
         return False
+
+    def reconfigure(self, *, max_failures: int, window_s: float, lockout_s: float) -> None:
+        """New limits (a remote configuration change); counted failures are kept."""
+        self._max = max_failures
+        self._window = window_s
+        self._lockout = lockout_s

@@ -44,6 +44,11 @@ class DeviceTopics:
         return f"{ROOT}/{self.site}/denylist"
 
     @property
+    def trust(self) -> str:
+        """The site's signed trust bundle (retained, for every device of the site)."""
+        return f"{ROOT}/{self.site}/trust"
+
+    @property
     def cmd(self) -> str:
         """Commands in."""
         return f"{self.base}/cmd"

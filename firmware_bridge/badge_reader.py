@@ -5,7 +5,8 @@ one ASCII line per scan, terminated by LF (a preceding CR is ignored)::
 
     <compartment> SP <credential> LF
 
-``compartment`` is 1..16 of ``[A-Za-z0-9_-]``; ``credential`` is 1..1024 of
+``compartment`` is 1..16 of ``[A-Za-z0-9_-]``, or an action: ``!`` and a name
+(``!audit`` asks for audit mode); ``credential`` is 1..1024 of
 ``[A-Za-z0-9_.-]`` (a compact JWS). Blank lines are ignored. Anything else is a
 :class:`GarbageLine`: counted and skipped by the caller, never fatal. A line longer than
 :data:`MAX_LINE_BYTES` is discarded up to its terminating LF. See docs/protocols.md.
@@ -18,12 +19,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 MAX_LINE_BYTES = 1100  # compartment + space + a 1024-character credential, with room to spare
-_LINE = re.compile(rb"([A-Za-z0-9_-]{1,16}) ([A-Za-z0-9_.-]{1,1024})")
+_LINE = re.compile(rb"(!?[A-Za-z0-9_-]{1,16}) ([A-Za-z0-9_.-]{1,1024})")
 
 
 @dataclass(frozen=True, slots=True)
 class BadgeScan:
-    """A member presented ``credential`` asking for ``compartment``."""
+    """A member presented ``credential`` asking for ``compartment`` (or an action,
+    ``!name``)."""
 
     compartment: str
     credential: str

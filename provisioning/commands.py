@@ -12,11 +12,11 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field
 
 from provisioning.errors import TokenFault, TokenRejected
-from provisioning.tokens import TokenVerifier, sign_token, typed_claims
+from provisioning.tokens import KeyRing, TokenVerifier, sign_token, typed_claims
 
 COMMAND_TYP = "curbside-command+jwt"
 MAX_LIFETIME_S = 300
@@ -49,7 +49,7 @@ def issue_command(key: Ed25519PrivateKey, *, kid: str, operator: str, device: st
 class CommandVerifier:
     """Verifies commands addressed to ``device`` against the pinned command keys."""
 
-    def __init__(self, keys: Mapping[str, Ed25519PublicKey], *, device: str,
+    def __init__(self, keys: KeyRing, *, device: str,
                  leeway_s: float = 30.0) -> None:
         self._tokens = TokenVerifier(keys, typ=COMMAND_TYP, audience=device, leeway_s=leeway_s,
                                      required=("iss", "aud", "iat", "exp", "jti", "cmd"))

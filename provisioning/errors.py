@@ -20,6 +20,7 @@ class TokenFault(StrEnum):
     BAD_ALGORITHM = "bad_algorithm"
     WRONG_TYPE = "wrong_type"
     UNKNOWN_KEY = "unknown_key"
+    KEY_NOT_VALID = "key_not_valid"  # a trusted key used outside its validity window
     BAD_SIGNATURE = "bad_signature"
     WRONG_AUDIENCE = "wrong_audience"
     MISSING_CLAIM = "missing_claim"

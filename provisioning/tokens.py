@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import jwt
@@ -27,13 +28,37 @@ ALGORITHM = "EdDSA"
 MAX_TOKEN_CHARS = 2048  # far above any real badge (< 400); bounds the work a forged one causes
 
 
-def typed_claims(model: type[M], claims: Mapping[str, Any]) -> M:
-    """Verified claims as ``model``; a claim of the wrong type or size is ``bad_claims``."""
+@dataclass(frozen=True, slots=True)
+class TrustedKey:
+    """A trusted public key and the Unix-time window in which it may be used (rotation).
+
+    ``None`` ends are open. A token is refused (``key_not_valid``) when verified outside
+    the window, or when its ``iat`` says it was signed outside it.
+    """
+
+    key: Ed25519PublicKey
+    not_before: int | None = None
+    not_after: int | None = None
+
+    def valid_at(self, ts: float, leeway_s: float = 0.0) -> bool:
+        return ((self.not_before is None or ts >= self.not_before - leeway_s)
+                and (self.not_after is None or ts <= self.not_after + leeway_s))
+
+
+KeyRing = Mapping[str, Ed25519PublicKey | TrustedKey]
+
+
+def typed_claims(model: type[M], claims: Mapping[str, Any],
+                 error: type[Exception] | None = None) -> M:
+    """Verified claims as ``model``; a claim of the wrong type or size is ``bad_claims``
+    (or ``error``, for the signing side, which should refuse what a device refuses)."""
     try:
         return model.model_validate(claims)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
+        if error is not None:
+            raise error(f"claim {where}: {first['msg']}") from exc
         raise TokenRejected(TokenFault.BAD_CLAIMS, f"{where}: {first['msg']}") from exc
 
 
@@ -45,14 +70,15 @@ def sign_token(claims: Mapping[str, Any], key: Ed25519PrivateKey, *, kid: str, t
 class TokenVerifier:
     """Verifies compact JWS tokens of one ``typ`` against pinned Ed25519 keys.
 
-    ``keys`` maps ``kid`` to a public key; ``audience`` is the required ``aud``;
+    ``keys`` maps ``kid`` to a public key or a :class:`TrustedKey` with a validity
+    window; ``audience`` is the required ``aud``;
     ``required`` lists claims that must be present; ``leeway_s`` is the clock tolerance
     applied to ``nbf`` (``iat`` when ``nbf`` is absent) and ``exp``.
     """
 
     def __init__(
         self,
-        keys: Mapping[str, Ed25519PublicKey],
+        keys: KeyRing,
         *,
         typ: str,
         audience: str,
@@ -60,7 +86,8 @@ class TokenVerifier:
         leeway_s: float = 60.0,
         max_chars: int = MAX_TOKEN_CHARS,
     ) -> None:
-        self._keys = dict(keys)
+        self._keys = {kid: k if isinstance(k, TrustedKey) else TrustedKey(k)
+                      for kid, k in keys.items()}
         self._typ = typ
         self._audience = audience
         self._required = list(required)
@@ -75,13 +102,24 @@ class TokenVerifier:
         """
         header = self._check_shape_and_header(token)
         kid = header["kid"]
-        key = self._keys.get(kid)
-        if key is None:
+        trusted = self._keys.get(kid)
+        if trusted is None:
             raise TokenRejected(TokenFault.UNKNOWN_KEY, f"no trusted key with kid {kid!r}")
-        claims = self._check_signature(token, key)
+        claims = self._check_signature(token, trusted.key)
+        self._check_key_window(trusted, claims, now)
         if now is not None:
             self._check_times(claims, now)
         return claims
+
+    def _check_key_window(self, trusted: TrustedKey, claims: Mapping[str, Any],
+                          now: float | None) -> None:
+        if now is not None and not trusted.valid_at(now, self._leeway_s):
+            raise TokenRejected(TokenFault.KEY_NOT_VALID, "the signing key is not valid now")
+        issued = claims.get("iat")
+        if isinstance(issued, int | float) and not isinstance(issued, bool) \
+                and not trusted.valid_at(issued, self._leeway_s):
+            raise TokenRejected(TokenFault.KEY_NOT_VALID,
+                                "signed outside the signing key's validity window")
 
     def _check_shape_and_header(self, token: str) -> dict[str, Any]:
         if len(token) > self._max_chars:
@@ -91,8 +129,8 @@ class TokenVerifier:
             raise TokenRejected(TokenFault.MALFORMED, "a compact JWS has three parts")
         try:
             raw_parts = [b64url_decode(p) for p in parts]
-            header = json.loads(raw_parts[0])
-        except (ValueError, UnicodeDecodeError) as exc:
+            header = json.loads(raw_parts[0].decode("utf-8"))  # RFC 7515: UTF-8 only
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise TokenRejected(TokenFault.MALFORMED, str(exc)) from exc
         if not isinstance(header, dict):
             raise TokenRejected(TokenFault.MALFORMED, "header is not a JSON object")

@@ -143,7 +143,7 @@ async def test_denials_carry_their_reason_and_never_touch_a_coil(
         ("B1", "missing_badge"), ("A1", "not_granted"), ("Z9", "unknown_compartment"),
         ("A1", "expired"),
     ]
-    assert denied[0]["missing_badges"] == ["battery-handling"]
+    assert denied[0]["missing_badges"] == {"battery-handling": 1}
     assert [s.state for s in h.factory.pin(17).states] == [False]
     assert [s.state for s in h.factory.pin(22).states] == [False]
 

@@ -47,7 +47,7 @@ def test_valid_badge_verifies_to_domain_names() -> None:
     assert verified.site == SITE
     assert verified.compartments == ("A1",)
     assert verified.groups == ("hand-tools",)
-    assert verified.skills == ("battery-handling",)
+    assert verified.skills == {"battery-handling": 1}
     assert verified.expires_at == NOW + 7 * 86400
 
 
@@ -177,13 +177,17 @@ def test_arbitrary_well_formed_jws_shapes_are_refused_cleanly(h: bytes, b: bytes
 
 def test_a_typical_badge_fits_a_qr_code_or_an_ntag215_tag() -> None:
     # The design budget is 400 bytes for a typical badge (a group and a skill badge); an
-    # NTAG215 tag holds 504 bytes of NDEF, so richer badges must stay below ~480.
-    def make(skills: tuple[str, ...], groups: tuple[str, ...]) -> int:
+    # NTAG215 tag holds 504 bytes of NDEF, so richer badges (a weekly window, a use
+    # limit, several skills) must stay below ~480.
+    def make(skills: dict[str, int], groups: tuple[str, ...], **extra: object) -> int:
         token = issue_badge(ISSUER_KEY, kid="Xb3kPq9LmZ0", issuer="elm-street-coop",
                             member="m-004217", site="elm-street", now=NOW,
-                            lifetime_s=7 * 86400, groups=groups, skills=skills)
+                            lifetime_s=7 * 86400, groups=groups, skills=skills,
+                            **extra)  # type: ignore[arg-type]  # test helper
         return len(token.encode("ascii"))
 
-    assert make(("battery-handling",), ("hand-tools",)) < 400
-    assert make(("battery-handling", "ladder-safety", "bike-repair"),
+    assert make({"battery-handling": 2}, ("hand-tools",)) < 400
+    assert make({"battery-handling": 2}, ("hand-tools",), windows=("12345 08:00-20:00",),
+                use_limit=1) < 440
+    assert make({"battery-handling": 2, "ladder-safety": 1, "bike-repair": 3},
                 ("hand-tools", "batteries")) < 480

@@ -52,7 +52,7 @@ def test_ambiguous_entries_are_refused_at_signing(entry: dict[str, object]) -> N
 
 
 def test_store_applies_newer_ignores_same_refuses_older_and_forged(tmp_path: Path) -> None:
-    store = DenylistStore(tmp_path / "denylist.jws", VERIFIER)
+    store = DenylistStore(tmp_path / "denylist.jws", KEYS, site="elm-street")
     assert store.version == 0
     assert store.update(denylist(2, {"jti": "b-1", "until": NOW + 99})).outcome \
         is Update.APPLIED
@@ -68,16 +68,17 @@ def test_store_applies_newer_ignores_same_refuses_older_and_forged(tmp_path: Pat
 
 def test_store_survives_a_restart_and_refuses_an_edited_file(tmp_path: Path) -> None:
     path = tmp_path / "denylist.jws"
-    DenylistStore(path, VERIFIER).update(denylist(3, {"sub": "ada", "until": NOW + 99}))
-    assert DenylistStore(path, VERIFIER).revokes(badge(), now=NOW)
+    first = DenylistStore(path, KEYS, site="elm-street")
+    first.update(denylist(3, {"sub": "ada", "until": NOW + 99}))
+    assert DenylistStore(path, KEYS, site="elm-street").revokes(badge(), now=NOW)
     head, body, sig = path.read_text().strip().split(".")
     flipped = "B" if body[10] != "B" else "C"  # an edited claim, whatever the signature
     path.write_text(f"{head}.{body[:10]}{flipped}{body[11:]}.{sig}\n")
-    assert DenylistStore(path, VERIFIER).version == 0
+    assert DenylistStore(path, KEYS, site="elm-street").version == 0
 
 
 def test_lapsed_entries_no_longer_revoke(tmp_path: Path) -> None:
-    store = DenylistStore(tmp_path / "d.jws", VERIFIER)
+    store = DenylistStore(tmp_path / "d.jws", KEYS, site="elm-street")
     store.update(denylist(1, {"sub": "ada", "until": NOW + 60}))
     assert store.revokes(badge(), now=NOW + 59)
     assert not store.revokes(badge(), now=NOW + 61)

@@ -79,13 +79,13 @@ async def test_signed_commands_act_once_and_bad_ones_are_refused(
     assert [s.state for s in h.factory.pin(17).states] == [False, True, False]  # once
     assert replayed["error"].startswith("replayed")
     assert unsigned["error"].startswith("unsigned")
-    assert elsewhere["error"].startswith("wrong_audience")
+    assert elsewhere["error"].startswith("wrong_device")
     assert stale["error"].startswith("expired")
     assert timed["ok"] is True
     assert timed["result"]["quality"] == "synchronised"
     granted = [e for e in h.events if e.type == "access.granted"]
-    assert granted[0].fields == {"compartment": "A1", "reason": "remote",
+    assert granted[0].fields == {"compartment": "A1", "reason": "granted", "via": "remote",
                                  "operator": "ops@coop", "prev": granted[0].fields["prev"]}
     reasons = [e.fields["reason"] for e in h.events if e.type == "command.rejected"]
-    assert reasons == ["replayed", "unsigned", "wrong_audience", "expired"]
+    assert reasons == ["replayed", "unsigned", "wrong_device", "expired"]
     assert has("time.set")(h.events)
