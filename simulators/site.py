@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from provisioning.badges import issue_badge
+from provisioning.badges import Skills, issue_badge
 from provisioning.issuer import Issuer, init_issuer
 from simulators.gpio_world import DoorSpec
 
@@ -76,15 +77,17 @@ class VirtualSite:
         *,
         compartments: tuple[str, ...] = (),
         groups: tuple[str, ...] = (),
-        skills: tuple[str, ...] = (),
+        skills: Skills = (),
         lifetime_s: int = 3600,
         not_before: int | None = None,
+        **claims: Any,
     ) -> str:
-        """A badge signed by the site's issuer."""
+        """A badge signed by the site's issuer; ``claims`` are further keyword arguments
+        of :func:`~provisioning.badges.issue_badge` (windows, use_limit, permissions...)."""
         return issue_badge(
             self.issuer.key, kid=self.issuer.kid, issuer=self.issuer.name, member=member,
             site=SITE, now=int(time.time()), lifetime_s=lifetime_s, not_before=not_before,
-            compartments=compartments, groups=groups, skills=skills,
+            compartments=compartments, groups=groups, skills=skills, **claims,
         )
 
 

@@ -6,6 +6,7 @@ Every :class:`Reason` is covered: the policy's own here, the rest where they ari
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 import jwt
@@ -124,11 +125,12 @@ ROWS: list[Row] = [
 
 # Reasons decided outside the policy, and the tests that show them.
 AGENT_LEVEL = {
-    Reason.USED_UP: "test_agent.py::test_single_use_badge_is_consumed_durably",
-    Reason.LOCKED_OUT: "test_agent.py::test_repeated_forgeries_lock_the_reader",
-    Reason.REPLAYED: "test_signed_commands.py::test_replayed_command_is_refused_after_restart",
-    Reason.UNSIGNED: "test_signed_commands.py::test_refusals_carry_reasons_and_events",
-    Reason.WRONG_DEVICE: "test_signed_commands.py::test_refusals_carry_reasons_and_events",
+    Reason.USED_UP: "test_agent_access:test_single_use_badge_is_consumed_durably",
+    Reason.LOCKED_OUT: "test_agent:test_repeated_forgeries_lock_the_reader_and_raise_an_alarm",
+    Reason.REPLAYED: "test_signed_commands:test_replayed_command_is_refused_after_restart",
+    Reason.UNSIGNED: "test_signed_commands:test_signed_commands_act_once_and_bad_ones_are_refused",
+    Reason.WRONG_DEVICE:
+        "test_signed_commands:test_signed_commands_act_once_and_bad_ones_are_refused",
 }
 
 
@@ -144,6 +146,9 @@ def test_every_policy_reason(policy: AccessPolicy, row: Row) -> None:
 def test_every_reason_is_covered() -> None:
     tested = {row[4] for row in ROWS} | set(AGENT_LEVEL)
     assert tested == set(Reason), set(Reason) - tested
+    for where in AGENT_LEVEL.values():
+        module, name = where.split(":")
+        assert callable(getattr(importlib.import_module(f"tests.{module}"), name)), where
 
 
 def test_denial_event_names_member_and_the_levels_missing(policy: AccessPolicy) -> None:
