@@ -22,6 +22,7 @@ from edge.agent import Agent
 from edge.clock import TrustedClock
 from edge.config import load_config
 from edge.outbox import EventClass, Outbox
+from edge.trust import key_ring
 from firmware_bridge.badge_reader import BadgeScan
 from simulators.badge_reader import PtyBadgeReader
 from simulators.broker import free_port
@@ -75,7 +76,8 @@ async def measure(directory: Path, samples: int) -> list[float]:
 async def baseline(directory: Path, samples: int) -> list[float]:
     site = write_site(directory, broker_port=free_port(), reader_url="loop://")
     config = load_config(site.config_path)
-    policy = AccessPolicy(config.device.site, config.trust, config.compartments)
+    policy = AccessPolicy(config.device.site, config.compartments,
+                          keys=key_ring(config.trust.issuers), access=config.access)
     clock = TrustedClock(directory / "time.floor")
     scan = BadgeScan("A1", site.badge("ada", groups=("hand-tools",)))
     out = []

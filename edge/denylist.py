@@ -16,6 +16,8 @@ from provisioning.tokens import KeyRing
 
 __all__ = ["DenylistStore", "Update", "UpdateResult"]
 
+_Index = tuple[dict[str, int], dict[str, list[tuple[int | None, int]]]]
+
 
 class DenylistStore:
     """The current denylist, persisted in ``path``.
@@ -31,6 +33,8 @@ class DenylistStore:
         self._store: SignedStore[Denylist] = SignedStore(
             path, "denylist", self._verify, lambda d: d.version)
         self.path = path
+        self._indexed: Denylist | None = None
+        self._by: _Index = ({}, {})
 
     def _verify(self, token: str) -> Denylist:
         keys = self._keys() if callable(self._keys) else self._keys
@@ -45,10 +49,29 @@ class DenylistStore:
         return self._store.update(token)
 
     def revokes(self, badge: Badge, *, now: float) -> bool:
-        """True if a current entry revokes ``badge``."""
+        """True if a current (not lapsed) entry revokes ``badge``. Constant time: the
+        entries are indexed by badge id and member when a list is installed."""
+        index = self._index()
+        if index is None:
+            return False
+        by_id, by_member = index
+        until = by_id.get(badge.badge_id)
+        if until is not None and until > now:
+            return True
+        return any(until > now and (before is None or badge.issued_at < before)
+                   for before, until in by_member.get(badge.member, ()))
+
+    def _index(self) -> _Index | None:
         denylist = self._store.current
         if denylist is None:
-            return False
-        return any(e.revokes(badge_id=badge.badge_id, member=badge.member,
-                             issued_at=badge.issued_at)
-                   for e in denylist.current(now))
+            return None
+        if self._indexed is not denylist:
+            by_id: dict[str, int] = {}
+            by_member: dict[str, list[tuple[int | None, int]]] = {}
+            for entry in denylist.entries:
+                if entry.jti is not None:
+                    by_id[entry.jti] = max(entry.until, by_id.get(entry.jti, entry.until))
+                elif entry.sub is not None:
+                    by_member.setdefault(entry.sub, []).append((entry.before, entry.until))
+            self._indexed, self._by = denylist, (by_id, by_member)
+        return self._by

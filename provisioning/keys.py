@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -32,7 +33,7 @@ def b64url_decode(text: str) -> bytes:
     Canonical means re-encoding gives the same text, so the unused low bits of the last
     character are zero: two different strings never decode to the same bytes.
     """
-    if not text or any(c not in _B64URL_ALPHABET for c in text) or len(text) % 4 == 1:
+    if _B64URL.fullmatch(text) is None or len(text) % 4 == 1:
         raise ValueError("not base64url")
     data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     if b64url_encode(data) != text:
@@ -40,7 +41,7 @@ def b64url_decode(text: str) -> bytes:
     return data
 
 
-_B64URL_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def generate_signing_key() -> Ed25519PrivateKey:
