@@ -1,5 +1,6 @@
 """Access control end to end: single-use badges across restarts, audit mode from the
-reader, and issuer keys rotated by a signed trust bundle on the site topic."""
+reader, issuer keys rotated by a signed trust bundle on the site topic, and a clock set
+back."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import sqlite3
 import time
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.clock import TrustedClock
 from edge.outbox import EventClass, StoredEvent
 from provisioning.badges import issue_badge
 from provisioning.issuer import init_issuer
@@ -134,3 +137,24 @@ async def test_trust_bundle_rotates_issuer_keys_and_never_rolls_back(
     assert refused.event_class is EventClass.ALARM
     assert state["trust_version"] == 2
     assert after.agent.trust.version == 2
+
+
+async def test_a_clock_set_back_is_flagged_and_only_untrusted_time_badges_open(
+    offline_site: VirtualSite, reader: PtyBadgeReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Pi without RTC after a power cut: its clock reads a day behind the saved floor."""
+    site = offline_site
+    monkeypatch.setitem(TrustedClock.__init__.__kwdefaults__, "synchronised", lambda: False)
+    floor = time.time() + 86400
+    (site.directory / "time.floor").write_text(f"{floor:.3f}\n", encoding="ascii")
+    valid = int(floor) - 60  # badges issued at the true time, which the floor tracks
+    async with running(site) as h:
+        reader.present("A1", site.badge("ada", groups=("hand-tools",), not_before=valid))
+        reader.present("A1", site.badge("eve", groups=("hand-tools",), not_before=valid,
+                                        allows_untrusted_time=True))
+        await h.until(has("locker.pulsed", "A1"))
+    decisions = [e for e in h.events if e.type.startswith("access.")]
+    assert [(e.type, e.fields["reason"]) for e in decisions] == [
+        ("access.denied", "clock_untrusted"), ("access.granted", "granted")]
+    assert all(e.tq == "untrusted" for e in h.events)
+    assert all(e.ts >= floor for e in decisions)  # stamped with the floor, not the wall clock
