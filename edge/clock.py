@@ -22,12 +22,13 @@ move it back (a floor once set too far ahead would otherwise stick).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+
+from edge.atomic import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +131,8 @@ class TrustedClock:
     def _write(self, floor: float) -> None:
         if floor <= self._persisted and self.floor_path.exists():
             return
-        tmp = self.floor_path.with_name(self.floor_path.name + ".tmp")
         try:
-            self.floor_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w", encoding="ascii") as fh:
-                fh.write(f"{floor:.3f}\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.floor_path)
+            write_atomically(self.floor_path, f"{floor:.3f}\n", encoding="ascii")
             self._persisted = floor
         except OSError as exc:  # the floor is an aid; failing to save it must not stop us
             log.warning("cannot save the time floor to %s: %s", self.floor_path, exc)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from edge.atomic import write_atomically
 from edge.config import SiteConfig
 
 log = logging.getLogger(__name__)
@@ -91,10 +91,5 @@ class RemoteConfigStore:
     def save(self, items: Mapping[str, Any]) -> None:
         """Add ``items`` and persist them all."""
         self.items.update(items)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self.items, fh, separators=(",", ":"), sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        write_atomically(self.path, json.dumps(self.items, separators=(",", ":"),
+                                               sort_keys=True))

@@ -10,13 +10,13 @@ so an edited file is refused rather than believed.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from edge.atomic import write_atomically
 from provisioning.errors import TokenRejected
 
 log = logging.getLogger(__name__)
@@ -86,15 +86,6 @@ class SignedStore(Generic[T]):
         if version < self.version:
             return UpdateResult(Update.ROLLBACK, self.version,
                                 f"version {version} is older than {self.version}")
-        self._persist(token)
+        write_atomically(self.path, token + "\n", encoding="ascii")
         self.current = candidate
         return UpdateResult(Update.APPLIED, version)
-
-    def _persist(self, token: str) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="ascii") as fh:
-            fh.write(token + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
