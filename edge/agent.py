@@ -321,6 +321,7 @@ class Agent:
     def _apply_config(self, config: SiteConfig) -> None:
         self.config = config
         self._policy = self._build_policy()
+        self._command_verifier = (None, None)  # rebuilt with the new leeway
         self._throttle.reconfigure(max_failures=config.access.max_failures,
                                    window_s=config.access.failure_window_s,
                                    lockout_s=config.access.lockout_s)

@@ -84,6 +84,15 @@ def test_config_is_frozen(tmp_path: Path) -> None:
          "unknown key"),
         (('public_key = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"', 'public_key = "abc"'),
          "trust.issuers[0].public_key", "match pattern"),
+        (('public_key = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"',
+          'public_key = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"\n'
+          'not_after = 2027-01-01T00:00:00'), "trust.issuers[0].not_after", "time zone"),
+        (('url = "/dev/ttyUSB0"', 'url = "/dev/ttyUSB0"\n[access]\ntimezone = "Europe/Pari"'),
+         "access.timezone", "unknown time zone"),
+        (('url = "/dev/ttyUSB0"', 'url = "/dev/ttyUSB0"\n[access]\nmax_badge_lifetime_s = 9e9'),
+         "access.max_badge_lifetime_s", "less than or equal to 2678400"),
+        (("pulse_ms", 'skills = { battery-handling = 12 }\n'),
+         "compartments[0].skills.battery-handling", "less than or equal to 9"),
     ],
 )
 def test_bad_values_name_the_file_and_key_path(
