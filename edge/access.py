@@ -6,7 +6,7 @@ in the audit event. The rules, in order (the first that fails decides; docs/badg
 
 1. the compartment exists (or the target is the ``!audit`` action);
 2. the badge verifies: EdDSA, typ, a trusted key valid now, site, validity period;
-3. its lifetime (``exp - nbf``) is within the site's cap;
+3. its lifetime (``exp - min(iat, nbf)``) is within the site's cap;
 4. the denylist does not revoke it;
 5. the clock is trusted, unless the badge allows untrusted time (and has no windows);
 6. it grants the compartment (by id or group) and holds every skill badge the

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 EventObserver = Callable[[StoredEvent], None]
 STATE_MIN_INTERVAL_S = 1.0
+REFUSAL_ALARM_INTERVAL_S = 60.0
 
 
 @dataclass
@@ -93,7 +95,7 @@ class Agent:
         self.trust = TrustStore(state_dir / "trust.jws", config.trust, site=config.device.site)
         self.denylist = DenylistStore(state_dir / "denylist.jws", self.trust.issuer_keys,
                                       site=config.device.site)
-        self.uses = UseLedger(state_dir / "uses.db", leeway_s=config.trust.leeway_s)
+        self.uses = UseLedger(state_dir / "uses.db")
         self._command_verifier: tuple[object, CommandVerifier | None] = (None, None)
         self.commands = Commands(
             self.link, self.topics, boot_id=self.boot_id, verifier=self.command_verifier,
@@ -107,7 +109,11 @@ class Agent:
         self.commands.register("refresh_state", self._refresh_state)
         self.forwarder = Forwarder(self.outbox, self.link, self.topics)
         self._state_changed = asyncio.Event()
-        self._documents: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=8)
+        # The latest payload of each site document; an older one not yet applied is
+        # superseded (each denylist or bundle is complete), so the slot is bounded.
+        self._documents: dict[str, bytes] = {}
+        self._document_arrived = asyncio.Event()
+        self._refusals: dict[str, tuple[float, int]] = {}  # kind -> (last alarm, suppressed)
         self._policy = self._build_policy()
         self._throttle = FailureThrottle(
             max_failures=config.access.max_failures, window_s=config.access.failure_window_s,
@@ -158,6 +164,10 @@ class Agent:
     async def _start(self, lockers: LockerBank) -> None:
         doors = lockers.door_states()
         lockers.watch_doors(asyncio.get_running_loop(), self._door_changed)
+        for kind, problem in (("trust", self.trust.problem),
+                              ("denylist", self.denylist.problem)):
+            if problem is not None:
+                await self._alarm_refusal(kind, "stored_invalid", problem, 0)
         await self._record(
             "agent.started",
             {"boot_id": self.boot_id, "version": __version__,
@@ -198,9 +208,8 @@ class Agent:
             decision = Decision(scan.compartment, Reason.LOCKED_OUT)
         else:
             decision = self._policy.decide(scan, now=now)
-        if decision.granted and decision.badge is not None \
-                and not await self.uses.consume(decision.badge, now=now.ts):
-            decision = decision.refused(Reason.USED_UP)
+        if decision.granted and decision.badge is not None:
+            decision = await self._consume_use(decision, now)
         # Durable before the coil: append returns after the commit. If storage has failed
         # (disk full), the decision is held in memory, storage.fault is raised, and the
         # member still gets in: a full SD card must not lock the library.
@@ -224,6 +233,20 @@ class Agent:
                                             "badge_id": decision.badge.badge_id})
         else:
             await self._unlock(lockers, decision.compartment)
+
+    async def _consume_use(self, decision: Decision, now: Reading) -> Decision:
+        """A limited badge's use, durably recorded, or the decision refused: used up, or
+        unrecordable (fail closed: an unrecorded use could be used again)."""
+        assert decision.badge is not None
+        try:
+            if await self.uses.consume(decision.badge, now=now.ts):
+                return decision
+            return decision.refused(Reason.USED_UP)
+        except (sqlite3.Error, OSError) as exc:
+            log.error("cannot record a use of badge %s: %s", decision.badge.badge_id, exc)
+            await self._record("storage.fault", {"store": "uses", "error": str(exc)[:200]},
+                               EventClass.ALARM)
+            return decision.refused(Reason.STORAGE_FAULT)
 
     async def _unlock(self, lockers: LockerBank, compartment: str) -> int:
         """Pulse ``compartment`` (its grant already recorded); record and return the pulse."""
@@ -310,7 +333,10 @@ class Agent:
         except RemoteConfigError as exc:
             raise CommandError(f"invalid configuration item: {exc}") from exc
         before = {name: _item(self.config, name) for name in items}
-        self.remote_config.save(items)
+        try:
+            self.remote_config.save(items)
+        except OSError as exc:  # applied but not kept would silently revert at restart
+            raise CommandError(f"{Reason.STORAGE_FAULT}: cannot save the items: {exc}") from exc
         self._apply_config(config)
         after = {name: _item(config, name) for name in items}
         await self._record("config.changed", {"operator": context.operator, "before": before,
@@ -332,7 +358,9 @@ class Agent:
     async def _set_time(self, args: dict[str, Any], context: Context) -> dict[str, Any]:
         """Signed ``set_time``: the command's own signed ``iat`` moves the time floor."""
         assert context.issued_at is not None  # signed commands always carry it
-        self.clock.platform_time(float(context.issued_at))
+        if not self.clock.platform_time(float(context.issued_at)):
+            raise CommandError(f"{Reason.STALE_TIME}: signed time {context.issued_at} is "
+                               f"behind the time floor {self.clock.floor:.0f}")
         reading = self.clock.now()
         await self._record("time.set", {"signed_time": context.issued_at,
                                         "operator": context.operator}, EventClass.AUDIT)
@@ -346,33 +374,52 @@ class Agent:
         kind = {self.topics.denylist: "denylist", self.topics.trust: "trust"}.get(message.topic)
         if kind is None:
             self.commands.on_message(message)
-            return
-        try:
-            self._documents.put_nowait((kind, bytes(message.payload)))
-        except asyncio.QueueFull:
-            log.warning("%s update dropped: too many waiting", kind)
+        elif message.payload:  # an empty retained message only clears the topic
+            self._documents[kind] = bytes(message.payload)
+            self._document_arrived.set()
 
     async def _apply_documents(self) -> None:
         """Verify and apply denylists and trust bundles from the site topics; record what
         happened. A retained document redelivered on every reconnect is a no-op."""
         while True:
-            kind, payload = await self._documents.get()
-            try:
-                token = payload.decode("ascii").strip()
-            except UnicodeDecodeError:
-                token = ""
-            store: TrustStore | DenylistStore = self.trust if kind == "trust" else self.denylist
-            result = store.update(token)
-            if result.outcome is Update.APPLIED:
-                log.info("%s version %d applied", kind, result.version)
-                await self._record(f"{kind}.applied", {"version": result.version},
-                                   EventClass.AUDIT)
-                self._state_changed.set()
-            elif result.outcome is not Update.SAME:
-                log.warning("%s refused (%s): %s", kind, result.outcome.value, result.detail)
-                await self._record(f"{kind}.refused", {
-                    "outcome": result.outcome.value, "detail": result.detail[:200],
-                    "held_version": result.version}, EventClass.ALARM)
+            await self._document_arrived.wait()
+            self._document_arrived.clear()
+            for kind in ("trust", "denylist"):  # keys first: a denylist may need them
+                payload = self._documents.pop(kind, None)
+                if payload is not None:
+                    await self._apply_document(kind, payload)
+
+    async def _apply_document(self, kind: str, payload: bytes) -> None:
+        try:
+            token = payload.decode("ascii").strip()
+        except UnicodeDecodeError:
+            token = ""
+        store: TrustStore | DenylistStore = self.trust if kind == "trust" else self.denylist
+        result = store.update(token)
+        if result.outcome is Update.APPLIED:
+            log.info("%s version %d applied", kind, result.version)
+            fields: dict[str, Any] = {"version": result.version}
+            if result.detail:
+                fields["detail"] = result.detail[:200]
+            await self._record(f"{kind}.applied", fields, EventClass.AUDIT)
+            self._state_changed.set()
+        elif result.outcome is not Update.SAME:
+            log.warning("%s refused (%s): %s", kind, result.outcome.value, result.detail)
+            await self._alarm_refusal(kind, result.outcome.value, result.detail,
+                                      result.version)
+
+    async def _alarm_refusal(self, kind: str, outcome: str, detail: str, held: int) -> None:
+        """A ``<kind>.refused`` alarm, at most one a minute per kind: whoever can publish
+        garbage on a site topic must not be able to fill the outbox with alarms."""
+        now = asyncio.get_running_loop().time()
+        last, suppressed = self._refusals.get(kind, (-REFUSAL_ALARM_INTERVAL_S, 0))
+        if now - last < REFUSAL_ALARM_INTERVAL_S:
+            self._refusals[kind] = (last, suppressed + 1)
+            return
+        self._refusals[kind] = (now, 0)
+        await self._record(f"{kind}.refused", {
+            "outcome": outcome, "detail": detail[:200], "held_version": held,
+            "suppressed": suppressed}, EventClass.ALARM)
 
     async def snapshot(self) -> dict[str, Any]:
         """The retained ``state`` document: what the platform should know right now."""

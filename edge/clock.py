@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 TIMESYNCD_FLAG = Path("/run/systemd/timesync/synchronized")
 
 
+PLATFORM_TOLERANCE_S = 300.0  # a signed time this far behind the floor is still current
+
+
 class TimeQuality(StrEnum):
     """How far a timestamp can be trusted; values are stable event fields."""
 
@@ -90,13 +93,16 @@ class TrustedClock:
         """The current time and its quality; moves (and now and then saves) the floor."""
         wall, mono = self._wall(), self._monotonic()
         earliest = self._floor + (mono - self._floor_at)  # the floor, carried forward
-        if self._platform_synced or self._synchronised():
+        if self._synchronised():
             # NTP is the authority: it may even correct a floor that was set too far ahead.
             if wall < self._floor:
                 log.warning("NTP time %.0f is behind the floor %.0f: the floor follows NTP",
                             wall, self._floor)
                 self._floor = wall
             reading = Reading(wall, TimeQuality.SYNCHRONISED)
+        elif self._platform_synced and wall >= self._floor - PLATFORM_TOLERANCE_S:
+            # A signed platform time agreed with the wall clock; it never moves the floor back.
+            reading = Reading(max(wall, self._floor), TimeQuality.SYNCHRONISED)
         elif self._floor == 0:
             reading = Reading(wall, TimeQuality.UNTRUSTED)  # never had trusted time
         elif wall < self._floor or wall - earliest > self._max_jump:
@@ -112,10 +118,19 @@ class TrustedClock:
             self.last_quality = reading.quality
         return reading
 
-    def platform_time(self, ts: float) -> None:
-        """A signed platform time (already verified by the caller): trust it as a floor."""
+    def platform_time(self, ts: float) -> bool:
+        """A signed platform time (already verified by the caller): trust it as a floor.
+
+        Refused (False) when more than :data:`PLATFORM_TOLERANCE_S` behind the floor: a
+        captured ``set_time`` replayed later must not pull the time back. When the wall
+        clock agrees with it (within 5 s), readings count as synchronised, and the floor
+        still never moves back without NTP.
+        """
+        if ts < self._floor - PLATFORM_TOLERANCE_S:
+            return False
         self._platform_synced = abs(self._wall() - ts) < 5.0
         self._trust(ts, self._monotonic(), force_save=True)
+        return True
 
     def save(self) -> None:
         """Persist the floor now (at shutdown)."""

@@ -193,15 +193,21 @@ class Commands:
             raise CommandError(f"{Reason.UNSIGNED}: no command keys are trusted on this device")
         reading = self._clock()
         # set_time exists to repair a wrong clock, so its own times are not checked against
-        # it; it can only move the time floor forward, so replaying one does no harm.
+        # it; the clock refuses a signed time behind its floor, so a replay cannot pull the
+        # time back.
         unchecked = _unverified_claim(request.token, "cmd") == "set_time"
         try:
             command = verifier.verify(request.token, now=None if unchecked else reading.ts)
         except TokenRejected as exc:
             reason = fault_reason(exc.fault, audience=Reason.WRONG_DEVICE)
             raise CommandError(f"{reason}: {exc.detail}") from exc
-        if not self._replay.first_use(command.nonce, expires_at=command.expires_at,
-                                      now=reading.ts):
+        try:
+            first = self._replay.first_use(command.nonce, expires_at=command.expires_at,
+                                           now=reading.ts)
+        except OSError as exc:  # unrecorded, it could run again: refuse it
+            raise CommandError(f"{Reason.STORAGE_FAULT}: cannot record the nonce: {exc}"
+                               ) from exc
+        if not first:
             raise CommandError(f"{Reason.REPLAYED}: this command was already executed")
         return command.name, command.args, Context(command.operator, command.issued_at)
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge.errors import ConfigError
+from provisioning.keys import public_key_from_b64
 
 MAX_PULSE_MS = 3000  # no solenoid is energised longer than this, whatever the file says
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")]
@@ -89,6 +90,12 @@ class IssuerKey(_Frozen):
     public_key: str = Field(pattern=r"^[A-Za-z0-9_-]{43}$", description="base64url, 32 bytes")
     not_before: datetime | None = None
     not_after: datetime | None = None
+
+    @field_validator("public_key")
+    @classmethod
+    def _a_public_key(cls, value: str) -> str:
+        public_key_from_b64(value)  # canonical base64url of 32 bytes, or ValueError
+        return value
 
     @field_validator("not_before", "not_after")
     @classmethod

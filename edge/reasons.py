@@ -39,6 +39,8 @@ class Reason(StrEnum):
     CLOCK_UNTRUSTED = "clock_untrusted"
     LOCKED_OUT = "locked_out"
     UNSIGNED = "unsigned"
+    STORAGE_FAULT = "storage_fault"  # a use or a nonce could not be recorded: fail closed
+    STALE_TIME = "stale_time"  # a signed time behind the time floor
 
 
 def fault_reason(fault: TokenFault, *, audience: Reason = Reason.WRONG_SITE) -> Reason:

@@ -89,7 +89,7 @@ class RemoteConfigStore:
         return config
 
     def save(self, items: Mapping[str, Any]) -> None:
-        """Add ``items`` and persist them all."""
-        self.items.update(items)
-        write_atomically(self.path, json.dumps(self.items, separators=(",", ":"),
-                                               sort_keys=True))
+        """Add ``items`` and persist them all; on OSError nothing changes."""
+        merged = {**self.items, **items}
+        write_atomically(self.path, json.dumps(merged, separators=(",", ":"), sort_keys=True))
+        self.items = merged

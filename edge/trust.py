@@ -48,6 +48,11 @@ class TrustStore:
         """The installed bundle's version; 0 while the configuration's keys are in force."""
         return self._store.version
 
+    @property
+    def problem(self) -> str | None:
+        """Why the stored bundle could not be used at start, if it could not."""
+        return self._store.problem
+
     def update(self, token: str) -> UpdateResult:
         """Verify and, if newer, install ``token``; the key rings change at once."""
         result = self._store.update(token)

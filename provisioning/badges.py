@@ -66,12 +66,12 @@ class Badge(BaseModel):
     badge_id: str = Field(alias="jti", min_length=1, max_length=64)
     compartments: tuple[str, ...] = Field(alias="cpt", default=(), max_length=64)
     groups: tuple[str, ...] = Field(alias="grp", default=(), max_length=64)
-    skills: dict[SkillName, Annotated[int, Field(ge=1, le=MAX_SKILL_LEVEL)]] = Field(
+    skills: dict[SkillName, Annotated[int, Field(ge=1, le=MAX_SKILL_LEVEL, strict=True)]] = Field(
         alias="skl", default_factory=dict, max_length=64)
     windows: tuple[Window, ...] = Field(alias="win", default=(), max_length=16)
-    use_limit: int | None = Field(alias="use", default=None, ge=1, le=MAX_USES)
+    use_limit: int | None = Field(alias="use", default=None, ge=1, le=MAX_USES, strict=True)
     permissions: tuple[Permission, ...] = Field(alias="prm", default=(), max_length=16)
-    allows_untrusted_time: bool = Field(alias="utt", default=False)
+    allows_untrusted_time: bool = Field(alias="utt", default=False, strict=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -82,8 +82,10 @@ class Badge(BaseModel):
 
     @property
     def lifetime_s(self) -> int:
-        """How long the badge is valid: ``exp - nbf``."""
-        return self.expires_at - self.not_before
+        """How long the badge lives: from ``iat`` (or ``nbf`` if earlier) to ``exp``. A
+        badge issued now for next month lives more than a month, and the cap counts that:
+        a denylist entry kept for the longest lifetime then outlasts every badge it names."""
+        return self.expires_at - min(self.issued_at, self.not_before)
 
     def skill_level(self, skill: str) -> int:
         """The member's level in ``skill``; 0 if the badge does not name it."""
@@ -133,9 +135,10 @@ def issue_badge(
     ``skills`` is ``{"name": level}`` or names (level 1; ``"name:2"`` gives level 2).
     Claims a device would refuse are refused here, with the claim named.
     """
-    if not 0 < lifetime_s <= MAX_LIFETIME_S:
-        raise ValueError(f"lifetime_s must be in 1..{MAX_LIFETIME_S}, got {lifetime_s}")
     start = now if not_before is None else not_before
+    if lifetime_s <= 0 or start + lifetime_s - min(now, start) > MAX_LIFETIME_S:
+        raise ValueError(f"a badge lives at most {MAX_LIFETIME_S}s from issue to expiry "
+                         f"(lifetime_s {lifetime_s}, starting {start - now}s after issue)")
     claims: dict[str, object] = {
         "iss": issuer, "sub": member, "aud": site, "iat": now,
         "exp": start + lifetime_s,

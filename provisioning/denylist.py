@@ -28,8 +28,8 @@ class Revocation(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     jti: str | None = Field(default=None, min_length=1, max_length=64)
     sub: str | None = Field(default=None, min_length=1, max_length=64)
-    before: int | None = None
-    until: int = Field(description="the entry lapses at this time (Unix seconds)")
+    before: int | None = Field(default=None, strict=True)
+    until: int = Field(strict=True, description="the entry lapses at this time (Unix seconds)")
 
     @model_validator(mode="after")
     def _one_kind(self) -> Revocation:
@@ -54,7 +54,7 @@ class Denylist(BaseModel):
     issuer: str = Field(alias="iss")
     site: str = Field(alias="aud")
     issued_at: int = Field(alias="iat")
-    version: int = Field(alias="ver", ge=1)
+    version: int = Field(alias="ver", ge=1, strict=True)
     entries: tuple[Revocation, ...] = Field(alias="ent", default=(), max_length=MAX_ENTRIES)
 
     def current(self, now: float) -> tuple[Revocation, ...]:

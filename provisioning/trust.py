@@ -30,8 +30,14 @@ class KeyGrant(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     kid: str = Field(min_length=1, max_length=64)
     key: str = Field(pattern=r"^[A-Za-z0-9_-]{43}$")
-    nbf: int | None = None
-    exp: int | None = None
+    nbf: int | None = Field(default=None, strict=True)
+    exp: int | None = Field(default=None, strict=True)
+
+    @field_validator("key")
+    @classmethod
+    def _a_public_key(cls, value: str) -> str:
+        public_key_from_b64(value)  # canonical base64url of 32 bytes, or ValueError
+        return value
 
     def trusted(self) -> TrustedKey:
         return TrustedKey(public_key_from_b64(self.key), self.nbf, self.exp)
@@ -51,7 +57,7 @@ class TrustBundle(BaseModel):
     issuer: str = Field(alias="iss")
     site: str = Field(alias="aud")
     issued_at: int = Field(alias="iat")
-    version: int = Field(alias="ver", ge=1)
+    version: int = Field(alias="ver", ge=1, strict=True)
     issuer_keys: tuple[KeyGrant, ...] = Field(alias="isk", min_length=1, max_length=MAX_KEYS)
     command_keys: tuple[KeyGrant, ...] = Field(alias="cmk", default=(), max_length=MAX_KEYS)
 

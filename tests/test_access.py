@@ -103,6 +103,12 @@ ROWS: list[Row] = [
      Reason.NOT_YET_VALID, None),
     ("lifetime above the cap", "A1", lambda: badge(lifetime_s=8 * DAY), SYNCED,
      Reason.LIFETIME_EXCEEDED, None),
+    ("issued long before it starts", "A1",
+     lambda: badge(not_before=NOW + 6 * DAY, lifetime_s=2 * DAY),
+     Reading(NOW + 7 * DAY, TimeQuality.SYNCHRONISED), Reason.LIFETIME_EXCEEDED, None),
+    ("issued in the future", "A1", lambda: raw({"iat": NOW + DAY, "nbf": NOW}), SYNCED,
+     Reason.NOT_YET_VALID, None),
+    ("iat a string", "A1", lambda: raw({"iat": str(NOW)}), SYNCED, Reason.BAD_CLAIMS, None),
     ("other group", "A1", lambda: badge(groups=("batteries",)), SYNCED, Reason.NOT_GRANTED,
      None),
     ("audit without permission", AUDIT_TARGET, lambda: badge(permissions=("service",)),
@@ -131,6 +137,8 @@ AGENT_LEVEL = {
     Reason.UNSIGNED: "test_signed_commands:test_signed_commands_act_once_and_bad_ones_are_refused",
     Reason.WRONG_DEVICE:
         "test_signed_commands:test_signed_commands_act_once_and_bad_ones_are_refused",
+    Reason.STORAGE_FAULT: "test_agent_access:test_a_use_that_cannot_be_recorded_is_refused",
+    Reason.STALE_TIME: "test_signed_commands:test_a_signed_time_behind_the_floor_is_refused",
 }
 
 

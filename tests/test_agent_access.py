@@ -4,6 +4,7 @@ back."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 
@@ -120,8 +121,12 @@ async def test_trust_bundle_rotates_issuer_keys_and_never_rolls_back(
             await during.until(has("access.denied", "A1"))
             publisher.publish(topic, bundle(1, new_key), qos=1, retain=True).wait_for_publish(5)
             await during.until(has("trust.refused"))
+            publisher.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)  # clears
+            publisher.publish(topic, b"garbage", qos=1).wait_for_publish(5)
+            async with asyncio.timeout(10):  # refused again, but the alarm is rate-limited
+                while during.agent._refusals["trust"][1] < 1:  # noqa: ASYNC110  # no event to await: a suppressed alarm records nothing
+                    await asyncio.sleep(0.01)
             state = await during.agent.snapshot()
-        publisher.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
         async with running(site) as after:  # installed for good: no broker message needed
             reader.present("A1", new_badge)
             await after.until(has("locker.pulsed", "A1"))
@@ -132,7 +137,7 @@ async def test_trust_bundle_rotates_issuer_keys_and_never_rolls_back(
         == ["unknown_key"]
     assert [(e.type, e.fields["reason"]) for e in during.events if e.type.startswith("access")] \
         == [("access.granted", "granted"), ("access.denied", "key_not_valid")]
-    [refused] = [e for e in during.events if e.type == "trust.refused"]
+    [refused] = [e for e in during.events if e.type == "trust.refused"]  # one alarm a minute
     assert (refused.fields["outcome"], refused.fields["held_version"]) == ("rollback", 2)
     assert refused.event_class is EventClass.ALARM
     assert state["trust_version"] == 2
@@ -158,3 +163,26 @@ async def test_a_clock_set_back_is_flagged_and_only_untrusted_time_badges_open(
         ("access.denied", "clock_untrusted"), ("access.granted", "granted")]
     assert all(e.tq == "untrusted" for e in h.events)
     assert all(e.ts >= floor for e in decisions)  # stamped with the floor, not the wall clock
+
+
+async def test_a_use_that_cannot_be_recorded_is_refused(
+    offline_site: VirtualSite, reader: PtyBadgeReader
+) -> None:
+    """Fail closed: an unrecorded use could be used again, so the scan is refused."""
+    site = offline_site
+    token = site.badge("ada", groups=("hand-tools",), use_limit=3)
+    async with running(site) as h:
+        blocker = sqlite3.connect(site.directory / "uses.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # e.g. an operator's sqlite3 shell mid-write
+        try:
+            reader.present("A1", token)
+            await h.until(has("access.denied", "A1"))
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        reader.present("A1", token)
+        await h.until(has("locker.pulsed", "A1"))
+    decisions = [(e.type, e.fields["reason"]) for e in h.events if e.type.startswith("access.")]
+    assert decisions == [("access.denied", "storage_fault"), ("access.granted", "granted")]
+    [fault] = [e for e in h.events if e.type == "storage.fault"]
+    assert (fault.fields["store"], fault.event_class) == ("uses", EventClass.ALARM)

@@ -82,6 +82,32 @@ def test_signed_platform_time_moves_the_floor_and_counts_as_synchronised(tmp_pat
     assert float((tmp_path / "floor").read_text()) >= 1_800_000_000.0
 
 
+def test_a_replayed_old_platform_time_cannot_pull_the_time_back(tmp_path: Path) -> None:
+    """A set_time captured a month ago, replayed on a Pi whose clock reads that month."""
+    month = 30 * 86400
+    (tmp_path / "floor").write_text(f"{1_800_000_000 + month}.0\n")
+    t = FakeTime(1_800_000_000.0)  # no RTC: the wall clock came back a month behind
+    c = clock(tmp_path / "floor", t)
+    assert c.now().quality is TimeQuality.UNTRUSTED
+    assert not c.platform_time(1_800_000_000.0)
+    reading = c.now()
+    assert reading.quality is TimeQuality.UNTRUSTED
+    assert reading.ts >= 1_800_000_000 + month
+    assert c.platform_time(1_800_000_000.0 + month - 10)  # current, within the tolerance
+
+
+def test_platform_sync_never_moves_the_floor_back(tmp_path: Path) -> None:
+    t = FakeTime(1_800_000_000.0)
+    c = clock(tmp_path / "floor", t)
+    assert c.platform_time(1_800_000_000.0)
+    t.wall, t.mono = 1_800_000_100.0, t.mono + 100
+    assert c.now().quality is TimeQuality.SYNCHRONISED
+    t.wall = 1_700_000_000.0  # the wall clock is set back by hand: not NTP
+    reading = c.now()
+    assert reading.quality is TimeQuality.UNTRUSTED
+    assert reading.ts >= 1_800_000_100.0
+
+
 def test_ntp_corrects_a_floor_that_was_too_far_ahead(tmp_path: Path) -> None:
     (tmp_path / "floor").write_text("1900000000.0\n")
     t = FakeTime(1_800_000_000.0, synced=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -95,3 +95,27 @@ def test_no_single_character_mutation_of_a_denylist_verifies(position: int,
     if mutated != VALID:
         with pytest.raises(TokenRejected):
             VERIFIER.verify(mutated)
+
+
+def test_a_list_signed_by_a_key_rotated_out_is_still_honoured_after_restart(
+        tmp_path: Path) -> None:
+    """Revocations fail closed: dropping the signing key must not drop the list."""
+    path = tmp_path / "denylist.jws"
+    ring: dict[str, Ed25519PublicKey] = dict(KEYS)
+    store = DenylistStore(path, lambda: ring, site="elm-street")
+    store.update(denylist(5, {"sub": "ada", "until": NOW + 99}))
+    ring = {"k2": Ed25519PrivateKey.generate().public_key()}  # a trust bundle rotated k1 out
+    again = DenylistStore(path, lambda: ring, site="elm-street")
+    assert again.version == 5
+    assert again.revokes(badge(), now=NOW)
+    assert again.update(denylist(4)).outcome is Update.INVALID  # k1 no longer signs new ones
+
+
+def test_older_versions_stay_refused_when_the_stored_list_is_lost(tmp_path: Path) -> None:
+    path = tmp_path / "denylist.jws"
+    DenylistStore(path, KEYS, site="elm-street").update(denylist(5))
+    path.unlink()
+    store = DenylistStore(path, KEYS, site="elm-street")
+    assert store.version == 0
+    assert store.update(denylist(3)).outcome is Update.ROLLBACK
+    assert store.update(denylist(5)).outcome is Update.APPLIED

@@ -180,3 +180,18 @@ async def test_set_config_changes_remote_items_persistently_and_refuses_others(
         assert denied.fields["missing_badges"] == {"battery-handling": 2}
     assert state["remote_config"] == {"access.lockout_s": 30,
                                       "compartments.B1.skills": {"battery-handling": 2}}
+
+
+async def test_a_signed_time_behind_the_floor_is_refused(
+    site: VirtualSite, reader: PtyBadgeReader, broker: MosquittoBroker
+) -> None:
+    """A captured set_time replayed later (new nonce or not) cannot pull the time back."""
+    trust_operator(site)
+    async with console(broker) as ask, running(site) as h:
+        await asyncio.wait_for(h.agent.link.wait_subscribed(), 10)
+        floor = h.agent.clock.floor
+        stale = await ask(command("set_time", now=int(floor) - 3600))
+    assert stale["ok"] is False
+    assert stale["error"].startswith("stale_time")
+    assert h.agent.clock.floor >= floor
+    assert not any(e.type == "time.set" for e in h.events)

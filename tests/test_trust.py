@@ -15,8 +15,8 @@ from edge.trust import TrustStore
 from provisioning.badges import BadgeVerifier, issue_badge
 from provisioning.errors import TokenFault, TokenRejected
 from provisioning.keys import public_key_b64
-from provisioning.tokens import TrustedKey
-from provisioning.trust import TrustBundleVerifier, issue_trust_bundle
+from provisioning.tokens import TrustedKey, sign_token
+from provisioning.trust import TRUST_TYP, TrustBundleVerifier, issue_trust_bundle
 
 NOW = 1_800_000_000
 ROOT = Ed25519PrivateKey.from_private_bytes(bytes(range(5, 37)))
@@ -145,3 +145,40 @@ def test_no_single_character_mutation_of_a_bundle_verifies(position: int,
 def test_random_text_never_crashes_the_bundle_verifier(text: str) -> None:
     with pytest.raises(TokenRejected):
         VERIFIER.verify(text)
+
+
+def test_a_non_canonical_key_is_refused_by_signer_and_device() -> None:
+    good = public_key_b64(NEW.public_key())
+    last = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".index(good[-1])
+    twisted = good[:-1] + "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[
+        last ^ 1]  # same 32 bytes, non-zero padding bits: not canonical
+    with pytest.raises(ValueError, match=r"claim isk\.0\.key"):
+        bundle(1, {"kid": "x", "key": twisted})
+    forged = sign_token({"iss": "r", "aud": "elm-street", "iat": NOW, "jti": "j", "ver": 1,
+                         "isk": [{"kid": "x", "key": twisted}]}, ROOT, kid="root-1",
+                        typ=TRUST_TYP)
+    with pytest.raises(TokenRejected) as caught:
+        VERIFIER.verify(forged)
+    assert caught.value.fault is TokenFault.BAD_CLAIMS
+    with pytest.raises(ValueError, match="canonical"):
+        IssuerKey(kid="x", public_key=twisted)
+
+
+def test_a_string_iat_is_refused_even_without_a_clock() -> None:
+    forged = sign_token({"iss": "r", "aud": "elm-street", "iat": str(NOW), "jti": "j",
+                         "ver": 1, "isk": [grant("x", NEW)]}, ROOT, kid="root-1", typ=TRUST_TYP)
+    with pytest.raises(TokenRejected) as caught:
+        VERIFIER.verify(forged)
+    assert caught.value.fault is TokenFault.BAD_CLAIMS
+
+
+def test_the_version_floor_outlives_a_lost_or_edited_bundle(tmp_path: Path) -> None:
+    path = tmp_path / "trust.jws"
+    TrustStore(path, config(), site="elm-street").update(bundle(5, grant("new", NEW)))
+    path.write_text("garbage\n")
+    store = TrustStore(path, config(), site="elm-street")
+    assert store.version == 0
+    assert store.problem is not None
+    assert store.update(bundle(4, grant("old", OLD))).outcome is Update.ROLLBACK
+    assert store.update(bundle(5, grant("new", NEW))).outcome is Update.APPLIED  # restored
+    assert store.version == 5

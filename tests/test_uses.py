@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.uses import UseLedger
+from edge.uses import KEEP_AFTER_EXPIRY_S, UseLedger
 from provisioning.badges import Badge, BadgeVerifier, issue_badge
 
 NOW = 1_800_000_000
@@ -44,10 +44,13 @@ def test_unlimited_badges_are_not_written(tmp_path: Path) -> None:
     ledger.close()
 
 
-def test_rows_of_expired_badges_are_dropped(tmp_path: Path) -> None:
-    ledger = UseLedger(tmp_path / "uses.db", leeway_s=60)
+def test_rows_are_dropped_only_long_after_their_badge_expired(tmp_path: Path) -> None:
+    ledger = UseLedger(tmp_path / "uses.db")
     old = badge("old", 1)
     ledger.consume_now(old, now=NOW)
-    ledger.consume_now(badge("later", 2), now=old.expires_at + 61)
-    assert ledger.used(old) == 0  # its badge has expired: the row is gone
+    # A clock leapt forward by days (still graded "floor") must not forget the use.
+    ledger.consume_now(badge("later", 2), now=old.expires_at + 7 * 86400 + 600)
+    assert ledger.used(old) == 1
+    ledger.consume_now(badge("later", 2), now=old.expires_at + KEEP_AFTER_EXPIRY_S + 1)
+    assert ledger.used(old) == 0
     ledger.close()
