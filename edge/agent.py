@@ -24,11 +24,14 @@ from edge import __version__
 from edge.access import AUDIT_TARGET, AccessPolicy, Decision
 from edge.clock import Reading, TrustedClock
 from edge.commands import CommandError, Commands, Context
-from edge.config import SiteConfig
+from edge.compartment import Emit
+from edge.config import BridgeHardware, SiteConfig
 from edge.denylist import DenylistStore
 from edge.forwarder import Forwarder
 from edge.gpio import build_pin_factory
+from edge.gpio_backend import GpioBackend
 from edge.link import LinkDown, LinkState, MqttLink, PublishRejected, backoff_delay
+from edge.locker_backend import LockerBackend, UnlockFailed
 from edge.lockers import LockerBank
 from edge.outbox import EventClass, Outbox, StoredEvent
 from edge.reasons import CREDENTIAL_FAILURES, Reason
@@ -121,24 +124,30 @@ class Agent:
         self._pin_factory = pin_factory
         self._observer = observer
         self._lockers: LockerBank | None = None
-        self._doors: asyncio.Queue[tuple[str, bool, Reading]] = asyncio.Queue()
+        self._locker_events: asyncio.Queue[tuple[Emit, Reading]] = asyncio.Queue()
         self._link_changes: asyncio.Queue[tuple[LinkState, str, Reading]] = asyncio.Queue()
         self.running = asyncio.Event()  # set once started: doors read, tasks starting
         self.reader_ready = asyncio.Event()  # set while the badge reader's port is open
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; outputs are off and the database closed on return."""
+        hardware = self.config.hardware
+        if isinstance(hardware, BridgeHardware):
+            from edge.bridge_backend import BridgeBackend  # noqa: PLC0415  # only when chosen
+
+            await self._run(BridgeBackend(self.config.compartments, hardware), stop)
+            return
         owned = self._pin_factory is None  # a factory we build is ours to close
-        pin_factory = build_pin_factory(self.config.hardware) if owned else self._pin_factory
+        pin_factory = build_pin_factory(hardware) if owned else self._pin_factory
         try:
-            await self._run(pin_factory, stop)
+            await self._run(GpioBackend(self.config.compartments, pin_factory), stop)
         finally:
             if owned:
                 pin_factory.close()
 
-    async def _run(self, pin_factory: Any, stop: asyncio.Event) -> None:
+    async def _run(self, backend: LockerBackend, stop: asyncio.Event) -> None:
         async with self.outbox:
-            self._lockers = LockerBank(self.config.compartments, pin_factory)
+            self._lockers = LockerBank(self.config.compartments, backend, self._locker_event)
             try:
                 await self._start(self._lockers)
                 try:
@@ -146,7 +155,7 @@ class Agent:
                         tg.create_task(self.link.run(), name="link")
                         tg.create_task(self.forwarder.run(), name="forwarder")
                         tg.create_task(self._read_badges(self._lockers), name="reader")
-                        tg.create_task(self._record_doors(), name="doors")
+                        tg.create_task(self._record_lockers(), name="lockers")
                         tg.create_task(self._record_link(), name="link-events")
                         tg.create_task(self.commands.run(), name="commands")
                         tg.create_task(self._republish_state(), name="state")
@@ -155,25 +164,26 @@ class Agent:
                 except* _StopRequested:
                     log.info("stopping")
             finally:
-                self._lockers.close()
+                await self._lockers.close()
                 self.uses.close()
                 self.clock.save()
                 self.running.clear()
                 self.reader_ready.clear()
 
     async def _start(self, lockers: LockerBank) -> None:
-        doors = lockers.door_states()
-        lockers.watch_doors(asyncio.get_running_loop(), self._door_changed)
+        """Reconcile the lockers (no alarm before every door has been read), then go."""
+        boot = await lockers.start()
         for kind, problem in (("trust", self.trust.problem),
                               ("denylist", self.denylist.problem)):
             if problem is not None:
                 await self._alarm_refusal(kind, "stored_invalid", problem, 0)
         await self._record(
             "agent.started",
-            {"boot_id": self.boot_id, "version": __version__,
-             "doors": {cid: "closed" if closed else "open" for cid, closed in doors.items()}},
+            {"boot_id": self.boot_id, "version": __version__},
             EventClass.STATE,
         )
+        await self._record("lockers.boot_state", {"backend": lockers.backend.name,
+                                                  "compartments": boot}, EventClass.STATE)
         self.running.set()
 
     async def _record(
@@ -232,7 +242,9 @@ class Agent:
             await self.audit_mode(lockers, {"member": decision.badge.member,
                                             "badge_id": decision.badge.badge_id})
         else:
-            await self._unlock(lockers, decision.compartment)
+            by = {} if decision.badge is None else {"member": decision.badge.member,
+                                                     "badge_id": decision.badge.badge_id}
+            await self._unlock(lockers, decision.compartment, by)
 
     async def _consume_use(self, decision: Decision, now: Reading) -> Decision:
         """A limited badge's use, durably recorded, or the decision refused: used up, or
@@ -248,28 +260,36 @@ class Agent:
                                EventClass.ALARM)
             return decision.refused(Reason.STORAGE_FAULT)
 
-    async def _unlock(self, lockers: LockerBank, compartment: str) -> int:
-        """Pulse ``compartment`` (its grant already recorded); record and return the pulse."""
-        pulse_ms = round(await lockers.unlock(compartment) * 1000)
-        self.stats.unlocks += 1
-        await self._record("locker.pulsed", {"compartment": compartment, "pulse_ms": pulse_ms},
-                           EventClass.STATE)
+    async def _unlock(self, lockers: LockerBank, compartment: str,
+                      by: dict[str, Any]) -> int | None:
+        """Operate ``compartment``'s lock (its grant already recorded); the pulse in ms, or
+        None if it failed (the bank has emitted ``locker.unlock_failed``)."""
+        try:
+            pulse_ms: int | None = await lockers.unlock(compartment, by)
+            self.stats.unlocks += 1
+        except UnlockFailed:
+            pulse_ms = None
+        await self._locker_events.join()  # its events are recorded before what follows
         return pulse_ms
 
     async def audit_mode(self, lockers: LockerBank, by: dict[str, Any]) -> list[str]:
         """Open every compartment in turn, ``access.audit_interval_s`` apart, each grant
-        recorded before its coil; ``by`` names who asked. Returns the ids opened."""
+        recorded before its coil; ``by`` names who asked. Returns the ids opened (a
+        compartment whose unlock failed is left out, and its failure recorded)."""
         ids = [c.id for c in self.config.compartments]
         await self._record("audit_mode.started", {**by, "compartments": ids}, EventClass.AUDIT)
+        opened = []
         for index, compartment in enumerate(ids):
             if index:
                 await asyncio.sleep(self.config.access.audit_interval_s)
             await self._record("access.granted", {"compartment": compartment, "reason":
                                                   Reason.GRANTED.value, "via": "audit", **by},
                                EventClass.AUDIT)
-            await self._unlock(lockers, compartment)
-        await self._record("audit_mode.finished", {**by, "opened": len(ids)}, EventClass.AUDIT)
-        return ids
+            if await self._unlock(lockers, compartment, {"via": "audit", **by}) is not None:
+                opened.append(compartment)
+        await self._record("audit_mode.finished", {**by, "opened": len(opened)},
+                           EventClass.AUDIT)
+        return opened
 
     async def _read_badges(self, lockers: LockerBank) -> None:
         url = self.config.reader.url
@@ -300,8 +320,10 @@ class Agent:
             return
         await self.handle_scan(message, lockers)
 
-    def _door_changed(self, compartment: str, closed: bool) -> None:
-        self._doors.put_nowait((compartment, closed, self.clock.now()))
+    def _locker_event(self, emit: Emit) -> None:
+        """From the locker bank, on the loop: record it (in order) with the time it
+        happened."""
+        self._locker_events.put_nowait((emit, self.clock.now()))
         self._state_changed.set()
 
     async def _remote_open(self, args: dict[str, Any], context: Context) -> dict[str, Any]:
@@ -312,7 +334,11 @@ class Agent:
         await self._record("access.granted", {"compartment": compartment, "reason": "granted",
                                               "via": "remote", "operator": context.operator},
                            EventClass.AUDIT)
-        pulse_ms = await self._unlock(self._lockers, str(compartment))
+        pulse_ms = await self._unlock(self._lockers, str(compartment),
+                                      {"via": "remote", "operator": context.operator})
+        if pulse_ms is None:
+            raise CommandError(f"the lock of {compartment} was not operated (see the "
+                               "locker.unlock_failed event)")
         return {"compartment": compartment, "pulse_ms": pulse_ms}
 
     async def _remote_audit(self, args: dict[str, Any], context: Context) -> dict[str, Any]:
@@ -431,6 +457,9 @@ class Agent:
             "device": self.topics.device, "site": self.topics.site, "boot_id": self.boot_id,
             "version": __version__, "ts": round(now, 3), "tq": reading.quality.value,
             "doors": {cid: "closed" if closed else "open" for cid, closed in doors.items()},
+            "compartments": self._lockers.states() if self._lockers is not None else {},
+            "hardware_link": self._lockers.backend.link_up if self._lockers is not None
+            else False,
             "outbox": {"depth": stats.total_depth, "by_class": stats.depth,
                        "bytes_by_class": stats.bytes, "wal_bytes": stats.wal_bytes,
                        "oldest_age_s": None if stats.oldest_ts is None
@@ -459,13 +488,15 @@ class Agent:
                 with contextlib.suppress(LinkDown, PublishRejected):
                     await self.publish_state()
 
-    async def _record_doors(self) -> None:
+    async def _record_lockers(self) -> None:
         while True:
-            compartment, closed, at = await self._doors.get()
-            await self._record(
-                "door.closed" if closed else "door.opened",
-                {"compartment": compartment}, EventClass.STATE, at,
-            )
+            emit, at = await self._locker_events.get()
+            event_class = EventClass.ALARM if emit.alarm else \
+                EventClass.AUDIT if emit.audit else EventClass.STATE
+            try:
+                await self._record(emit.type, emit.fields, event_class, at)
+            finally:
+                self._locker_events.task_done()
 
     def _on_link_state(self, state: LinkState, detail: str) -> None:
         self._link_changes.put_nowait((state, detail, self.clock.now()))

@@ -169,12 +169,30 @@ class ReaderConfig(_Frozen):
 
 
 class CompartmentConfig(_Frozen):
-    """One locker compartment: its pins, pulse and access policy."""
+    """One locker compartment: its lock, its inputs, its timers and its access policy.
+
+    With the ``bridge`` backend the pins are the microcontroller's output and input
+    numbers (0-based integers).
+    """
 
     id: Identifier
     solenoid_pin: PinName
     door_pin: PinName
+    feedback_pin: PinName | None = Field(
+        default=None, description="lock feedback switch: closed (low) when locked")
+    item_pin: PinName | None = Field(
+        default=None, description="item presence switch: closed (low) when the item is in")
+    lock: Literal["strike", "maglock"] = Field(
+        default="strike", description="strike: fail-secure, energise to unlock; "
+                                      "maglock: fail-safe, energised to hold")
     pulse_ms: int = Field(default=500, ge=50, le=MAX_PULSE_MS)
+    relock_s: float = Field(default=10.0, ge=1, le=600)
+    ajar_s: float = Field(default=30.0, ge=1, le=3600)
+    held_open_s: float = Field(default=120.0, ge=1, le=86400)
+    debounce_ms: int = Field(default=50, ge=0, le=1000)
+    duty_budget_s: float = Field(default=15.0, gt=0, le=3600,
+                                 description="coil on-time allowed per duty_window_s")
+    duty_window_s: float = Field(default=60.0, gt=0, le=3600)
     skills: dict[Identifier, Annotated[int, Field(ge=1, le=9)]] = Field(
         default_factory=dict, description="skill badge -> minimum level")
     group: Identifier | None = None
@@ -186,6 +204,19 @@ class CompartmentConfig(_Frozen):
         if isinstance(value, list | tuple):
             return {name: 1 for name in value}
         return value
+
+    @model_validator(mode="after")
+    def _timers_in_order(self) -> CompartmentConfig:
+        if self.ajar_s > self.held_open_s:
+            raise ValueError("ajar_s must not exceed held_open_s (ajar warns, held open alarms)")
+        if self.duty_budget_s < self.pulse_ms / 1000:
+            raise ValueError("duty_budget_s must allow at least one pulse")
+        return self
+
+    def inputs(self) -> dict[str, PinName]:
+        """The compartment's inputs by role: door, and feedback and item if wired."""
+        found = {"door": self.door_pin, "feedback": self.feedback_pin, "item": self.item_pin}
+        return {name: pin for name, pin in found.items() if pin is not None}
 
 
 class GpioHardware(_Frozen):
@@ -201,7 +232,16 @@ class MockHardware(_Frozen):
     backend: Literal["mock"]
 
 
-Hardware = Annotated[GpioHardware | MockHardware, Field(discriminator="backend")]
+class BridgeHardware(_Frozen):
+    """A microcontroller on a serial line drives the locks (docs/firmware-bridge.md)."""
+
+    backend: Literal["bridge"]
+    url: str = Field(min_length=1, description="pyserial URL: /dev/ttyACM0, a pty...")
+    baudrate: int = Field(default=115200, gt=0)
+
+
+Hardware = Annotated[GpioHardware | MockHardware | BridgeHardware,
+                     Field(discriminator="backend")]
 
 
 class SiteConfig(_Frozen):
@@ -221,8 +261,16 @@ class SiteConfig(_Frozen):
         ids = [c.id for c in self.compartments]
         if len(set(ids)) != len(ids):
             raise ValueError("compartment ids must be unique")
-        pins = [str(p) for c in self.compartments for p in (c.solenoid_pin, c.door_pin)]
-        if len(set(pins)) != len(pins):
+        outputs = [str(c.solenoid_pin) for c in self.compartments]
+        inputs = [str(p) for c in self.compartments for p in c.inputs().values()]
+        if isinstance(self.hardware, BridgeHardware):  # outputs and inputs are numbered apart
+            if not all(isinstance(p, int) for c in self.compartments
+                       for p in (c.solenoid_pin, *c.inputs().values())):
+                raise ValueError("with the bridge backend, pins are the microcontroller's "
+                                 "output and input numbers (integers)")
+            if len(set(outputs)) != len(outputs) or len(set(inputs)) != len(inputs):
+                raise ValueError("each bridge output and input may be used once")
+        elif len(set(outputs + inputs)) != len(outputs + inputs):
             raise ValueError("each pin may be used by one compartment input or output only")
         return self
 
@@ -275,7 +323,7 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("gpio", "mock") and out == "hardware":
+        elif part in ("gpio", "mock", "bridge") and out == "hardware":
             continue  # pydantic's discriminator tag is not a key of the file
         else:
             out += f".{part}" if out else str(part)

@@ -2,7 +2,7 @@
 into the event loop.
 
 gpiozero calls ``when_activated``/``when_deactivated`` on its own threads (lgpio's
-callback thread, or whoever drives a MockPin); :class:`DoorSensor` forwards each change
+callback thread, or whoever drives a MockPin); :class:`InputSwitch` forwards each change
 to the loop with ``call_soon_threadsafe`` and nothing else here touches threads.
 """
 
@@ -56,46 +56,56 @@ def _device_error(what: str, pin: int | str, exc: Exception) -> HardwareError:
     return HardwareError(f"{what} on pin {pin}: {exc}")
 
 
-class Solenoid:
-    """A lock solenoid on an output pin: off at start, pulsed, off again on close.
+class LockOutput:
+    """A lock's output pin: a strike's solenoid (energise to unlock) or a maglock's hold
+    (energised to lock, released to unlock). Off at start and on close.
 
-    :meth:`pulse` energises for ``seconds`` and a timer thread de-energises: the cap
+    :meth:`pulse` operates the lock for ``seconds`` and a timer thread ends it: the cap
     holds even if the event loop stalls.
     """
 
-    def __init__(self, pin: int | str, pin_factory: Any) -> None:
+    def __init__(self, pin: int | str, pin_factory: Any, *, hold: bool = False) -> None:
         try:
             self._device = DigitalOutputDevice(
                 pin, active_high=True, initial_value=False, pin_factory=pin_factory
             )
         except Exception as exc:  # gpiozero's GPIOPinInUse, PinInvalidPin, ...
-            raise _device_error("solenoid", pin, exc) from exc
+            raise _device_error("lock output", pin, exc) from exc
+        self._hold = hold  # a maglock: idle on (after engage()), pulsed off
         self._timer: threading.Timer | None = None
 
     @property
     def is_energised(self) -> bool:
         return bool(self._device.value)
 
-    def pulse(self, seconds: float, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
-        """Energise now; a timer thread de-energises after ``seconds``.
+    def engage(self) -> None:
+        """A maglock starts holding (called once the bank has reconciled at start)."""
+        if self._hold:
+            self._device.on()
 
-        The returned future completes on ``loop`` once the coil is off again.
+    def pulse(self, seconds: float, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        """Operate now; a timer thread ends it after ``seconds``.
+
+        The returned future completes on ``loop`` once the lock is back at rest.
         """
         done: asyncio.Future[None] = loop.create_future()
+        operate, rest = (self._device.off, self._device.on) if self._hold \
+            else (self._device.on, self._device.off)
 
         def end() -> None:
-            self._device.off()
+            if not self._device.closed:
+                rest()
             with contextlib.suppress(RuntimeError):  # loop already closed: nobody waits
                 loop.call_soon_threadsafe(_resolve, done)
 
         self._timer = threading.Timer(seconds, end)
         self._timer.daemon = True
-        self._device.on()
+        operate()
         self._timer.start()
         return done
 
     def close(self) -> None:
-        """De-energise and release the pin. Safe to call twice."""
+        """Off (a strike locked, a maglock released) and the pin released. Idempotent."""
         if self._timer is not None:
             self._timer.cancel()
         if not self._device.closed:
@@ -103,24 +113,25 @@ class Solenoid:
             self._device.close()
 
 
-class DoorSensor:
-    """A door switch on an input pin with the pull-up on: a closed door pulls it low."""
+class InputSwitch:
+    """A switch to ground on an input pin, pull-up on: ``level`` is True while closed
+    (a closed door, an engaged lock, an item in place)."""
 
-    def __init__(self, pin: int | str, pin_factory: Any) -> None:
+    def __init__(self, pin: int | str, pin_factory: Any, what: str = "input") -> None:
         try:
             self._device = DigitalInputDevice(pin, pull_up=True, pin_factory=pin_factory)
         except Exception as exc:  # gpiozero's GPIOPinInUse, PinInvalidPin, ...
-            raise _device_error("door sensor", pin, exc) from exc
+            raise _device_error(what, pin, exc) from exc
 
     @property
-    def is_closed(self) -> bool:
+    def level(self) -> bool:
         # pull_up=True makes gpiozero report "active" when the pin is low.
         return bool(self._device.is_active)
 
     def on_change(
         self, loop: asyncio.AbstractEventLoop, callback: Callable[[bool], None]
     ) -> None:
-        """Call ``callback(is_closed)`` on ``loop`` whenever the door changes state."""
+        """Call ``callback(level)`` on ``loop`` whenever the switch changes."""
         self._device.when_activated = lambda: loop.call_soon_threadsafe(callback, True)
         self._device.when_deactivated = lambda: loop.call_soon_threadsafe(callback, False)
 

@@ -78,6 +78,10 @@ class StateSnapshot(BaseModel):
     ts: float
     tq: Literal["synchronised", "floor", "untrusted"]
     doors: dict[str, Literal["open", "closed"]]
+    compartments: dict[str, Literal[
+        "locked", "unlocking", "unlocked", "open", "ajar", "held_open", "relocking", "forced",
+        "unlock_failed", "fault"]] = Field(description="each compartment's state machine")
+    hardware_link: bool = Field(description="false while the locker hardware is unreachable")
     outbox: OutboxState
     denylist_version: int = Field(ge=0, description="0: no denylist received yet")
     trust_version: int = Field(

@@ -117,18 +117,21 @@ class Narrator:
         seq = f"seq {stored.seq}"
         if stored.type in ("access.granted", "access.denied"):
             verdict = "GRANTED" if stored.type == "access.granted" else "DENIED "
-            extra = f" missing {', '.join(f['missing_badges'])}" if "missing_badges" in f else ""
+            extra = (" missing " + ", ".join(f"{k}>={v}" for k, v in f["missing_badges"].items())
+                     if "missing_badges" in f else "")
             self.say("decision", f"{verdict} {f['compartment']}  reason={f['reason']}{extra}  "
                                  f"({seq}, on disk before any coil)   {self.gauges()}")
         elif stored.type.startswith("door."):
             self.say("door", f"{f['compartment']} {stored.type[5:]}  ({seq})   {self.gauges()}")
-        elif stored.type == "locker.pulsed":
-            self.say("solenoid", f"{f['compartment']} pulse done, {f['pulse_ms']} ms  ({seq})")
+        elif stored.type == "locker.unlocked":
+            self.say("lock", f"{f['compartment']} unlocked, {f['pulse_ms']} ms pulse  ({seq})")
         elif stored.type.startswith("link."):
             self.say("link", f"{stored.type[5:]}  ({seq} queued)   {self.gauges()}")
         elif stored.type == "agent.started":
-            doors = ", ".join(f"{k} {v}" for k, v in f["doors"].items())
-            self.say("agent", f"started, boot {f['boot_id']}; doors at boot: {doors}  ({seq})")
+            self.say("agent", f"started, boot {f['boot_id']}  ({seq})")
+        elif stored.type == "lockers.boot_state":
+            doors = ", ".join(f"{k} {v['door']}" for k, v in f["compartments"].items())
+            self.say("lockers", f"read before any alarm is armed: {doors}  ({seq})")
 
     def world(self, compartment: str, what: str) -> None:
         """Observer of the GPIO world: what physically happened."""

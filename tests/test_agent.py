@@ -91,7 +91,7 @@ async def test_badge_opens_door_and_every_event_reaches_the_platform_in_order(
     types = [e["type"] for e in platform.events]
     assert types[0] == "agent.started"
     assert types.index("access.granted") < types.index("door.opened") < types.index("door.closed")
-    assert "locker.pulsed" in types
+    assert "locker.unlocked" in types
     assert "link.up" in types
     granted = platform.of_type("access.granted")[0]
     assert granted["member"] == "ada"
@@ -120,7 +120,7 @@ async def test_decision_is_on_disk_before_the_solenoid_is_energised(
     async with running(site) as h:
         h.factory.pin(17).listeners.append(on_coil)
         reader.present("A1", site.badge("ada", groups=("hand-tools",)))
-        await h.until(has("locker.pulsed", "A1"))
+        await h.until(has("locker.unlocked", "A1"))
     assert len(seen_at_energise) == 1
     [(event_type, body)] = seen_at_energise[0]
     assert event_type == "access.granted"

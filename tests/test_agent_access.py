@@ -43,7 +43,7 @@ async def test_single_use_badge_is_consumed_durably(
 
         first.agent._observer = observe
         reader.present("A1", token)
-        await first.until(has("locker.pulsed", "A1"))
+        await first.until(has("locker.unlocked", "A1"))
         reader.present("A1", token)
         await first.until(has("access.denied", "A1"))
     async with running(site) as second:
@@ -129,7 +129,7 @@ async def test_trust_bundle_rotates_issuer_keys_and_never_rolls_back(
             state = await during.agent.snapshot()
         async with running(site) as after:  # installed for good: no broker message needed
             reader.present("A1", new_badge)
-            await after.until(has("locker.pulsed", "A1"))
+            await after.until(has("locker.unlocked", "A1"))
     finally:
         publisher.disconnect()
         publisher.loop_stop()
@@ -157,7 +157,7 @@ async def test_a_clock_set_back_is_flagged_and_only_untrusted_time_badges_open(
         reader.present("A1", site.badge("ada", groups=("hand-tools",), not_before=valid))
         reader.present("A1", site.badge("eve", groups=("hand-tools",), not_before=valid,
                                         allows_untrusted_time=True))
-        await h.until(has("locker.pulsed", "A1"))
+        await h.until(has("locker.unlocked", "A1"))
     decisions = [e for e in h.events if e.type.startswith("access.")]
     assert [(e.type, e.fields["reason"]) for e in decisions] == [
         ("access.denied", "clock_untrusted"), ("access.granted", "granted")]
@@ -181,7 +181,7 @@ async def test_a_use_that_cannot_be_recorded_is_refused(
             blocker.execute("ROLLBACK")
             blocker.close()
         reader.present("A1", token)
-        await h.until(has("locker.pulsed", "A1"))
+        await h.until(has("locker.unlocked", "A1"))
     decisions = [(e.type, e.fields["reason"]) for e in h.events if e.type.startswith("access.")]
     assert decisions == [("access.denied", "storage_fault"), ("access.granted", "granted")]
     [fault] = [e for e in h.events if e.type == "storage.fault"]

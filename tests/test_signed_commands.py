@@ -135,10 +135,10 @@ async def test_audit_command_opens_every_door_in_turn(
     assert reply["ok"] is True
     assert reply["result"] == {"opened": ["A1", "B1"]}
     audit = [(e.type, e.fields.get("compartment")) for e in h.events
-             if e.type.startswith(("audit_mode", "access", "locker"))]
+             if e.type.startswith(("audit_mode", "access", "locker."))]
     assert audit == [("audit_mode.started", None), ("access.granted", "A1"),
-                     ("locker.pulsed", "A1"), ("access.granted", "B1"),
-                     ("locker.pulsed", "B1"), ("audit_mode.finished", None)]
+                     ("locker.unlocked", "A1"), ("access.granted", "B1"),
+                     ("locker.unlocked", "B1"), ("audit_mode.finished", None)]
     assert all(e.fields.get("operator") == "ops@coop" for e in h.events
                if e.type.startswith("audit_mode"))
     a1_off = h.factory.pin(17).states[-1].timestamp
