@@ -56,8 +56,12 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def running(site: VirtualSite) -> AsyncIterator[Harness]:
+async def running(site: VirtualSite,
+                  prepare: Callable[[Harness], None] | None = None) -> AsyncIterator[Harness]:
+    """The agent running on ``site``; ``prepare`` sets the world up before it starts."""
     harness = Harness(site)
+    if prepare is not None:
+        prepare(harness)
     stop = asyncio.Event()
     task = asyncio.ensure_future(harness.agent.run(stop))
     try:
@@ -297,3 +301,24 @@ async def test_a_retained_denylist_on_the_site_topic_revokes_and_never_rolls_bac
     [refused] = [e for e in h.events if e.type == "denylist.refused"]
     assert refused.fields["outcome"] == "rollback"
     assert refused.event_class is EventClass.ALARM
+
+
+async def test_a_door_open_at_start_is_reconciled_and_a_forced_door_raises_an_alarm(
+    offline_site: VirtualSite, reader: PtyBadgeReader
+) -> None:
+    site = offline_site
+    async with running(site, prepare=lambda h: h.world.open_door("B1")) as h:
+        await h.until(has("lockers.boot_state"))
+        h.world.open_door("A1")  # nobody was granted A1
+        await h.until(has("door.forced_open", "A1"))
+        h.world.close_door("B1")
+        await h.until(has("door.closed", "B1"))
+        state = await h.agent.snapshot()
+    [boot] = [e for e in h.events if e.type == "lockers.boot_state"]
+    assert boot.fields["compartments"] == {"A1": {"door": "closed", "state": "locked"},
+                                           "B1": {"door": "open", "state": "open"}}
+    assert [e.fields["compartment"] for e in h.events if e.type == "door.forced_open"] == ["A1"]
+    [forced] = [e for e in h.events if e.type == "door.forced_open"]
+    assert forced.event_class is EventClass.ALARM
+    assert state["compartments"] == {"A1": "forced", "B1": "locked"}
+    assert h.types().index("lockers.boot_state") < h.types().index("door.forced_open")
