@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.agent import Agent
@@ -322,3 +323,32 @@ async def test_a_door_open_at_start_is_reconciled_and_a_forced_door_raises_an_al
     assert forced.event_class is EventClass.ALARM
     assert state["compartments"] == {"A1": "forced", "B1": "locked"}
     assert h.types().index("lockers.boot_state") < h.types().index("door.forced_open")
+
+
+async def test_a_crashing_task_mid_pulse_leaves_every_output_off(
+    offline_site: VirtualSite, reader: PtyBadgeReader
+) -> None:
+    """Whatever ends the agent, the finally of run() drives the outputs to safe."""
+    site = offline_site
+    harness = Harness(site)
+    harness.world.member = None  # nobody opens the door: only the coil matters here
+    agent = harness.agent
+    energised = asyncio.Event()
+    harness.factory.pin(17).listeners.append(
+        lambda _pin, on: on and harness.world.loop.call_soon_threadsafe(energised.set))
+
+    async def crash_when_energised() -> None:
+        await energised.wait()
+        raise RuntimeError("a task failed mid-pulse")
+
+    agent.forwarder.run = crash_when_energised  # type: ignore[method-assign]
+    run = asyncio.ensure_future(agent.run(asyncio.Event()))
+    try:
+        await asyncio.wait_for(agent.reader_ready.wait(), WAIT_S)
+        reader.present("A1", site.badge("ada", groups=("hand-tools",)))
+        with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="mid-pulse")):
+            await asyncio.wait_for(run, WAIT_S)
+    finally:
+        await harness.world.aclose()
+    assert harness.factory.pin(17).state is False
+    assert [s.state for s in harness.factory.pin(17).states][-2:] == [True, False]
