@@ -91,6 +91,7 @@ class McuEmulator:
     ``drop_rate``/``corrupt_rate`` apply to each frame the MCU sends and each chunk it
     reads (at these speeds a chunk is usually one frame): dropped whole, or one bit
     flipped. ``on_output`` is called from the emulator's thread on every output change.
+    ``baudrate``, if given, paces both directions like a UART at that speed.
     """
 
     def __init__(
@@ -108,12 +109,16 @@ class McuEmulator:
         drop_rate: float = 0.0,
         corrupt_rate: float = 0.0,
         seed: int = 0,
+        baudrate: int | None = None,
     ) -> None:
         self.n_outputs, self.n_inputs = outputs, inputs
         self.max_on_ms, self.debounce_ms, self.firmware = max_on_ms, debounce_ms, firmware
         self.heartbeat_s, self.link_timeout_s = heartbeat_s, link_timeout_s
         self.ack_timeout_s, self.retries = ack_timeout_s, retries
         self.drop_rate, self.corrupt_rate = drop_rate, corrupt_rate
+        # A pty moves bytes at once; with a baud rate the firmware takes as long as a UART
+        # would to receive and to send them (10 bits per byte).
+        self._byte_s = 10 / baudrate if baudrate else 0.0
         self.on_output: Callable[[int, bool], None] | None = None
         self.output_log: list[OutputChange] = []
         self.commands_executed: list[int] = []  # command ids acted upon, in order
@@ -256,6 +261,8 @@ class McuEmulator:
                     continue
                 except OSError:  # the pty is gone
                     return
+                if self._byte_s:
+                    time.sleep(len(data) * self._byte_s)  # the bytes arriving at line speed
                 with self._lock:
                     self._on_bytes(data, time.monotonic())
 
@@ -379,6 +386,8 @@ class McuEmulator:
         self._send_raw(self._damage(wire))
 
     def _send_raw(self, data: bytes) -> None:
+        if self._byte_s:
+            time.sleep(len(data) * self._byte_s)  # the UART shifting the bytes out
         with contextlib.suppress(BlockingIOError, OSError):  # nobody reading: lost
             os.write(self._master, data)
 

@@ -333,3 +333,33 @@ def test_the_mcu_executes_a_command_id_at_most_once_and_answers_a_seq_once(
     raw.send(Pulse(77, 2, 30), 4)
     assert raw.ack_to(MessageType.PULSE, 4) == first
     assert mcu.commands_executed == [77, 77]
+
+
+async def test_a_port_that_goes_away_is_reopened_and_the_link_recovers(
+    mcu: McuEmulator, bridge: BridgeClient
+) -> None:
+    events = bridge.events()
+    assert isinstance(await next_event(events), LinkUp)
+    port = bridge._port
+    assert port is not None
+    assert port._serial is not None
+    port._serial.close()  # what a vanished USB adapter looks like to the reader thread
+    down = await next_event(events)
+    assert isinstance(down, LinkDown)
+    assert down.reason.startswith("serial port lost")
+    assert await next_event(events, within_s=5) == LinkUp(bridge.peer, restarted=False)  # type: ignore[arg-type]
+    assert bridge.stats.port_reopens == 1
+    assert await bridge.pulse(0, 10) == 10
+
+
+async def test_a_paced_emulator_takes_at_least_the_wire_time_at_115200_baud() -> None:
+    with McuEmulator(baudrate=115200) as mcu:
+        async with BridgeClient(mcu.path) as bridge:
+            await bridge.wait_link(3)
+            rtts = []
+            for _ in range(20):
+                start = time.perf_counter()
+                await bridge.read_inputs()
+                rtts.append(time.perf_counter() - start)
+    wire_s = (8 + 11) * 10 / 115200  # READ_INPUTS and INPUTS(16) with their delimiters
+    assert min(rtts) >= wire_s
