@@ -187,6 +187,23 @@ async def test_a_rebooted_mcu_is_reported_down_then_up_as_restarted(
     assert await bridge.pulse(2, 10) == 10
 
 
+async def test_an_mcu_unplugged_rebooted_and_plugged_back_comes_up_restarted() -> None:
+    with McuEmulator(heartbeat_s=0.1, link_timeout_s=0.5) as mcu:
+        async with BridgeClient(mcu.path, heartbeat_s=0.1, link_timeout_s=0.5) as bridge:
+            events = bridge.events()
+            first = await next_event(events)
+            assert isinstance(first, LinkUp)
+            mcu.unplug()
+            assert isinstance(await next_event(events), LinkDown)
+            mcu.reboot()
+            mcu.plug()
+            up = await next_event(events)
+            assert isinstance(up, LinkUp)
+            assert up.restarted
+            assert up.peer.boot_id == mcu.boot_id != first.peer.boot_id
+            assert bridge.stats.link_downs == 1
+
+
 async def test_commands_complete_exactly_once_over_a_lossy_corrupting_line() -> None:
     with McuEmulator(drop_rate=0.05, corrupt_rate=0.05, seed=7) as mcu:
         async with BridgeClient(mcu.path) as bridge:
