@@ -113,6 +113,8 @@ class CompartmentMachine:
 
     def grant(self, now: float, by: dict[str, Any]) -> list[Emit]:
         """A recorded grant is about to pulse the lock; ``by`` names who asked."""
+        if self.state is State.FAULT:
+            return []  # nothing can be unlocked: the unlock will fail and say so
         self.grant_by = dict(by)
         self._saw_unlocked = False
         if self.state in DOOR_OPEN:

@@ -238,6 +238,15 @@ class BridgeHardware(_Frozen):
     backend: Literal["bridge"]
     url: str = Field(min_length=1, description="pyserial URL: /dev/ttyACM0, a pty...")
     baudrate: int = Field(default=115200, gt=0)
+    heartbeat_s: float = Field(default=0.5, gt=0, le=10)
+    link_timeout_s: float = Field(default=2.0, gt=0, le=60,
+                                  description="silence after which the link is down")
+
+    @model_validator(mode="after")
+    def _timeout_after_heartbeats(self) -> BridgeHardware:
+        if self.link_timeout_s < 2 * self.heartbeat_s:
+            raise ValueError("link_timeout_s must be at least two heartbeats")
+        return self
 
 
 Hardware = Annotated[GpioHardware | MockHardware | BridgeHardware,

@@ -52,6 +52,7 @@ class LockerBank:
         self._emit = emit
         self._coil = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._compartments = {c.id: self._build(c) for c in configs}
 
     @staticmethod
@@ -163,7 +164,9 @@ class LockerBank:
         if up:
             for cid, c in self._compartments.items():
                 if c.config.lock == "maglock":
-                    self._loop.create_task(self.backend.hold(cid))
+                    task = self._loop.create_task(self.backend.hold(cid))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
 
     def _tick(self, c: _Compartment) -> None:
         c.timer = None

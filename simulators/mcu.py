@@ -189,6 +189,11 @@ class McuEmulator:
         with self._lock:
             return self._stable[index]
 
+    def physical(self, index: int) -> bool:
+        """The level on the pin now, before the firmware's debounce."""
+        with self._lock:
+            return self._raw[index]
+
     def set_input(self, index: int, level: bool) -> None:
         """The physical level of input ``index`` changes now (debounced by the firmware)."""
         with self._lock:

@@ -18,6 +18,9 @@ DOORS = (
     DoorSpec("B1", solenoid_pin=22, door_pin=23),
 )
 
+_GPIO_PINS = {"a1_out": 17, "a1_in": 27, "b1_out": 22, "b1_in": 23}
+_BRIDGE_PINS = {"a1_out": 0, "a1_in": 0, "b1_out": 1, "b1_in": 1}
+
 _CONFIG = """\
 # A virtual tool-library site, written by the Curbside simulators.
 [device]
@@ -43,20 +46,19 @@ public_key = "{public_key}"
 [reader]
 url = "{reader_url}"
 
-[hardware]
-backend = "mock"
+{hardware}
 
 [[compartments]]
 id = "A1"                  # hand tools
-solenoid_pin = 17
-door_pin = 27
+solenoid_pin = {a1_out}
+door_pin = {a1_in}
 pulse_ms = 500
 group = "hand-tools"
 
 [[compartments]]
 id = "B1"                  # battery bay
-solenoid_pin = 22
-door_pin = 23
+solenoid_pin = {b1_out}
+door_pin = {b1_in}
 pulse_ms = 500
 group = "batteries"
 skills = ["battery-handling"]
@@ -91,8 +93,16 @@ class VirtualSite:
         )
 
 
-def write_site(directory: Path, *, broker_port: int, reader_url: str) -> VirtualSite:
-    """Create ``directory`` with ``issuer/`` and ``site.toml``."""
+_MOCK = '[hardware]\nbackend = "mock"'
+_BRIDGE = ('[hardware]\nbackend = "bridge"   # the microcontroller emulator on a pty\n'
+           'url = "{url}"\nheartbeat_s = 0.1\nlink_timeout_s = 0.5')
+
+
+def write_site(directory: Path, *, broker_port: int, reader_url: str,
+               bridge_url: str | None = None) -> VirtualSite:
+    """Create ``directory`` with ``issuer/`` and ``site.toml``: GPIO on MockFactory pins,
+    or with ``bridge_url`` a microcontroller on that serial port (A1 on output and input
+    0, B1 on 1)."""
     directory.mkdir(parents=True, exist_ok=True)
     issuer = init_issuer(directory / "issuer", name="elm-street-coop")
     # A site that has had NTP before: a time floor a minute old, so the clock reads as
@@ -103,6 +113,8 @@ def write_site(directory: Path, *, broker_port: int, reader_url: str) -> Virtual
         _CONFIG.format(
             device=DEVICE, site=SITE, broker_port=broker_port, kid=issuer.kid,
             public_key=issuer.public_key, reader_url=reader_url,
+            hardware=_MOCK if bridge_url is None else _BRIDGE.format(url=bridge_url),
+            **(_GPIO_PINS if bridge_url is None else _BRIDGE_PINS),
         ),
         encoding="utf-8",
     )

@@ -23,10 +23,11 @@ from edge.outbox import EventClass, Outbox, StoredEvent
 from edge.topics import DeviceTopics
 from provisioning.denylist import issue_denylist
 from simulators.badge_reader import PtyBadgeReader
-from simulators.broker import MosquittoBroker
+from simulators.broker import MosquittoBroker, free_port
 from simulators.gpio_world import LockerWorld, WorldPin, world_pin_factory
+from simulators.mcu import McuEmulator
 from simulators.platform import PlatformRecorder
-from simulators.site import DOORS, SITE, VirtualSite
+from simulators.site import DOORS, SITE, VirtualSite, write_site
 
 WAIT_S = 10.0
 
@@ -352,3 +353,36 @@ async def test_a_crashing_task_mid_pulse_leaves_every_output_off(
         await harness.world.aclose()
     assert harness.factory.pin(17).state is False
     assert [s.state for s in harness.factory.pin(17).states][-2:] == [True, False]
+
+
+async def test_the_agent_on_the_firmware_bridge_unlocks_only_what_the_mcu_acknowledged(
+    tmp_path: Path, reader: PtyBadgeReader
+) -> None:
+    with McuEmulator(outputs=4, inputs=4, heartbeat_s=0.1, link_timeout_s=0.5) as mcu:
+        for i in (0, 1):
+            mcu.set_input(i, True)  # doors closed...
+        async with asyncio.timeout(WAIT_S):  # ...once the firmware's 20 ms debounce agrees
+            while not (mcu.input(0) and mcu.input(1)):  # noqa: ASYNC110  # no event for it
+                await asyncio.sleep(0.005)
+        site = write_site(tmp_path / "site", broker_port=free_port(), reader_url=reader.path,
+                          bridge_url=mcu.path)
+        async with running(site) as h:
+            reader.present("A1", site.badge("ada", groups=("hand-tools",)))
+            await h.until(has("locker.unlocked", "A1"))
+            mcu.set_input(0, False)
+            await h.until(has("door.opened", "A1"))
+            mcu.set_input(0, True)
+            await h.until(has("door.closed", "A1"))
+            mcu.unplug()
+            await h.until(lambda ev: sum(e.type == "locker.fault" for e in ev) == 2)
+            reader.present("A1", site.badge("ada", groups=("hand-tools",)))
+            await h.until(has("locker.unlock_failed", "A1"))
+            mcu.plug()
+            await h.until(lambda ev: sum(e.type == "locker.recovered" for e in ev) == 2)
+    types = [t for t in h.types() if t.startswith(("access.", "locker.", "door."))]
+    assert types == ["access.granted", "locker.unlocked", "door.opened", "door.closed",
+                     "locker.fault", "locker.fault", "access.granted", "locker.unlock_failed",
+                     "locker.recovered", "locker.recovered"]
+    [boot] = [e for e in h.events if e.type == "lockers.boot_state"]
+    assert boot.fields["backend"] == "bridge"
+    assert [c.on for c in mcu.output_log if c.output == 0] == [True, False]  # once

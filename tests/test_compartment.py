@@ -96,6 +96,10 @@ ROWS: list[tuple[str, list[Step], dict[str, bool], list[str], State]] = [
      ["locker.fault", "locker.recovered"], State.LOCKED),
     ("recovery with the door open", [(1, "fault", None), (3, "recovered", False)], {},
      ["locker.fault", "locker.recovered"], State.AJAR),
+    ("a grant during a fault fails and stays in fault",
+     [(1, "fault", None), (2, "grant", None), (2.1, "failed", "no link"),
+      (3, "recovered", True)], {},
+     ["locker.fault", "locker.unlock_failed", "locker.recovered"], State.LOCKED),
 ]
 
 
