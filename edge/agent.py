@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edge import __version__
+from edge import __version__, remote_commands
 from edge.access import AUDIT_TARGET, AccessPolicy, Decision
 from edge.clock import Reading, TrustedClock
-from edge.commands import CommandError, Commands, Context
+from edge.commands import Commands
 from edge.compartment import Emit
 from edge.config import BridgeHardware, SiteConfig
 from edge.denylist import DenylistStore
@@ -35,9 +35,9 @@ from edge.locker_backend import LockerBackend, UnlockFailed
 from edge.lockers import LockerBank
 from edge.outbox import EventClass, Outbox, StoredEvent
 from edge.reasons import CREDENTIAL_FAILURES, Reason
-from edge.remote_config import RemoteConfigError, RemoteConfigStore, apply_items
+from edge.remote_config import RemoteConfigStore
 from edge.replay import ReplayCache
-from edge.signed_store import Update
+from edge.site_documents import SiteDocuments
 from edge.throttle import FailureThrottle
 from edge.topics import DeviceTopics
 from edge.trust import TrustStore
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 
 EventObserver = Callable[[StoredEvent], None]
 STATE_MIN_INTERVAL_S = 1.0
-REFUSAL_ALARM_INTERVAL_S = 60.0
 
 
 @dataclass
@@ -104,19 +103,12 @@ class Agent:
             self.link, self.topics, boot_id=self.boot_id, verifier=self.command_verifier,
             replay=ReplayCache(state_dir / "commands.seen"),
             clock=self.clock.now,
-            record=lambda kind, fields: self._record(kind, fields, EventClass.AUDIT))
-        self.commands.register("open", self._remote_open)
-        self.commands.register("audit", self._remote_audit)
-        self.commands.register("set_time", self._set_time)
-        self.commands.register("set_config", self._set_config)
-        self.commands.register("refresh_state", self._refresh_state)
+            record=lambda kind, fields: self.record(kind, fields, EventClass.AUDIT))
+        remote_commands.register(self.commands, self)
         self.forwarder = Forwarder(self.outbox, self.link, self.topics)
         self._state_changed = asyncio.Event()
-        # The latest payload of each site document; an older one not yet applied is
-        # superseded (each denylist or bundle is complete), so the slot is bounded.
-        self._documents: dict[str, bytes] = {}
-        self._document_arrived = asyncio.Event()
-        self._refusals: dict[str, tuple[float, int]] = {}  # kind -> (last alarm, suppressed)
+        self.documents = SiteDocuments(self.trust, self.denylist, self.record,
+                                       self._state_changed.set)
         self._policy = self._build_policy()
         self._throttle = FailureThrottle(
             max_failures=config.access.max_failures, window_s=config.access.failure_window_s,
@@ -159,7 +151,7 @@ class Agent:
                         tg.create_task(self._record_link(), name="link-events")
                         tg.create_task(self.commands.run(), name="commands")
                         tg.create_task(self._republish_state(), name="state")
-                        tg.create_task(self._apply_documents(), name="documents")
+                        tg.create_task(self.documents.run(), name="documents")
                         tg.create_task(_raise_when_set(stop), name="stop")
                 except* _StopRequested:
                     log.info("stopping")
@@ -173,20 +165,17 @@ class Agent:
     async def _start(self, lockers: LockerBank) -> None:
         """Reconcile the lockers (no alarm before every door has been read), then go."""
         boot = await lockers.start()
-        for kind, problem in (("trust", self.trust.problem),
-                              ("denylist", self.denylist.problem)):
-            if problem is not None:
-                await self._alarm_refusal(kind, "stored_invalid", problem, 0)
-        await self._record(
+        await self.documents.report_stored_problems()
+        await self.record(
             "agent.started",
             {"boot_id": self.boot_id, "version": __version__},
             EventClass.STATE,
         )
-        await self._record("lockers.boot_state", {"backend": lockers.backend.name,
+        await self.record("lockers.boot_state", {"backend": lockers.backend.name,
                                                   "compartments": boot}, EventClass.STATE)
         self.running.set()
 
-    async def _record(
+    async def record(
         self, event_type: str, fields: dict[str, Any], event_class: EventClass,
         at: Reading | None = None,
     ) -> StoredEvent:
@@ -223,7 +212,7 @@ class Agent:
         # Durable before the coil: append returns after the commit. If storage has failed
         # (disk full), the decision is held in memory, storage.fault is raised, and the
         # member still gets in: a full SD card must not lock the library.
-        stored = await self._record(decision.event_type, decision.event_fields(),
+        stored = await self.record(decision.event_type, decision.event_fields(),
                                     EventClass.AUDIT, now)
         if not stored.durable:
             log.error("decision seq %d held in memory only: storage has failed", stored.seq)
@@ -231,7 +220,7 @@ class Agent:
             access = self.config.access
             log.warning("reader locked for %.0fs after %d bad credentials", access.lockout_s,
                         access.max_failures)
-            await self._record("reader.locked_out", {
+            await self.record("reader.locked_out", {
                 "failures": access.max_failures, "window_s": access.failure_window_s,
                 "lockout_s": access.lockout_s}, EventClass.ALARM)
         log.info("%s %s: %s", decision.event_type, decision.compartment, decision.reason.value)
@@ -244,7 +233,7 @@ class Agent:
         else:
             by = {} if decision.badge is None else {"member": decision.badge.member,
                                                      "badge_id": decision.badge.badge_id}
-            await self._unlock(lockers, decision.compartment, by)
+            await self.unlock(lockers, decision.compartment, by)
 
     async def _consume_use(self, decision: Decision, now: Reading) -> Decision:
         """A limited badge's use, durably recorded, or the decision refused: used up, or
@@ -256,11 +245,11 @@ class Agent:
             return decision.refused(Reason.USED_UP)
         except (sqlite3.Error, OSError) as exc:
             log.error("cannot record a use of badge %s: %s", decision.badge.badge_id, exc)
-            await self._record("storage.fault", {"store": "uses", "error": str(exc)[:200]},
+            await self.record("storage.fault", {"store": "uses", "error": str(exc)[:200]},
                                EventClass.ALARM)
             return decision.refused(Reason.STORAGE_FAULT)
 
-    async def _unlock(self, lockers: LockerBank, compartment: str,
+    async def unlock(self, lockers: LockerBank, compartment: str,
                       by: dict[str, Any]) -> int | None:
         """Operate ``compartment``'s lock (its grant already recorded); the pulse in ms, or
         None if it failed (the bank has emitted ``locker.unlock_failed``)."""
@@ -277,17 +266,17 @@ class Agent:
         recorded before its coil; ``by`` names who asked. Returns the ids opened (a
         compartment whose unlock failed is left out, and its failure recorded)."""
         ids = [c.id for c in self.config.compartments]
-        await self._record("audit_mode.started", {**by, "compartments": ids}, EventClass.AUDIT)
+        await self.record("audit_mode.started", {**by, "compartments": ids}, EventClass.AUDIT)
         opened = []
         for index, compartment in enumerate(ids):
             if index:
                 await asyncio.sleep(self.config.access.audit_interval_s)
-            await self._record("access.granted", {"compartment": compartment, "reason":
+            await self.record("access.granted", {"compartment": compartment, "reason":
                                                   Reason.GRANTED.value, "via": "audit", **by},
                                EventClass.AUDIT)
-            if await self._unlock(lockers, compartment, {"via": "audit", **by}) is not None:
+            if await self.unlock(lockers, compartment, {"via": "audit", **by}) is not None:
                 opened.append(compartment)
-        await self._record("audit_mode.finished", {**by, "opened": len(opened)},
+        await self.record("audit_mode.finished", {**by, "opened": len(opened)},
                            EventClass.AUDIT)
         return opened
 
@@ -326,51 +315,13 @@ class Agent:
         self._locker_events.put_nowait((emit, self.clock.now()))
         self._state_changed.set()
 
-    async def _remote_open(self, args: dict[str, Any], context: Context) -> dict[str, Any]:
-        """Signed ``open``: unlock a compartment for the operator, recorded like a scan."""
-        compartment = args.get("compartment")
-        if self._lockers is None or compartment not in {c.id for c in self.config.compartments}:
-            raise CommandError(f"unknown compartment {compartment!r}")
-        await self._record("access.granted", {"compartment": compartment, "reason": "granted",
-                                              "via": "remote", "operator": context.operator},
-                           EventClass.AUDIT)
-        pulse_ms = await self._unlock(self._lockers, str(compartment),
-                                      {"via": "remote", "operator": context.operator})
-        if pulse_ms is None:
-            raise CommandError(f"the lock of {compartment} was not operated (see the "
-                               "locker.unlock_failed event)")
-        return {"compartment": compartment, "pulse_ms": pulse_ms}
+    @property
+    def lockers(self) -> LockerBank | None:
+        """The locker bank while the agent runs."""
+        return self._lockers
 
-    async def _remote_audit(self, args: dict[str, Any], context: Context) -> dict[str, Any]:
-        """Signed ``audit``: audit mode for the operator; replies once every door opened."""
-        if self._lockers is None:
-            raise CommandError("the locker bank is not running")
-        opened = await self.audit_mode(self._lockers, {"operator": context.operator})
-        return {"opened": opened}
-
-    async def _set_config(self, args: dict[str, Any], context: Context) -> dict[str, Any]:
-        """Signed ``set_config``: change remote items (edge.remote_config), validated,
-        persisted, applied at once, and recorded with the values before and after."""
-        items = args.get("items")
-        if not isinstance(items, dict) or not items:
-            raise CommandError('expected args {"items": {"access.lockout_s": 60, ...}}')
-        try:
-            config = apply_items(self.config, items)
-        except RemoteConfigError as exc:
-            raise CommandError(f"invalid configuration item: {exc}") from exc
-        before = {name: _item(self.config, name) for name in items}
-        try:
-            self.remote_config.save(items)
-        except OSError as exc:  # applied but not kept would silently revert at restart
-            raise CommandError(f"{Reason.STORAGE_FAULT}: cannot save the items: {exc}") from exc
-        self._apply_config(config)
-        after = {name: _item(config, name) for name in items}
-        await self._record("config.changed", {"operator": context.operator, "before": before,
-                                              "after": after}, EventClass.AUDIT)
-        self._state_changed.set()
-        return {"applied": after}
-
-    def _apply_config(self, config: SiteConfig) -> None:
+    def apply_config(self, config: SiteConfig) -> None:
+        """A validated configuration (remote items changed): in force from now on."""
         self.config = config
         self._policy = self._build_policy()
         self._command_verifier = (None, None)  # rebuilt with the new leeway
@@ -380,72 +331,14 @@ class Agent:
         if self._lockers is not None:
             for compartment in config.compartments:
                 self._lockers.set_pulse(compartment.id, compartment.pulse_ms / 1000)
-
-    async def _set_time(self, args: dict[str, Any], context: Context) -> dict[str, Any]:
-        """Signed ``set_time``: the command's own signed ``iat`` moves the time floor."""
-        assert context.issued_at is not None  # signed commands always carry it
-        if not self.clock.platform_time(float(context.issued_at)):
-            raise CommandError(f"{Reason.STALE_TIME}: signed time {context.issued_at} is "
-                               f"behind the time floor {self.clock.floor:.0f}")
-        reading = self.clock.now()
-        await self._record("time.set", {"signed_time": context.issued_at,
-                                        "operator": context.operator}, EventClass.AUDIT)
-        return {"floor": self.clock.floor, "quality": reading.quality.value}
-
-    async def _refresh_state(self, args: dict[str, Any], context: Context) -> dict[str, Any]:
-        await self.publish_state()
-        return {"published": True}
+        self._state_changed.set()
 
     def _on_message(self, message: Any) -> None:
         kind = {self.topics.denylist: "denylist", self.topics.trust: "trust"}.get(message.topic)
         if kind is None:
             self.commands.on_message(message)
-        elif message.payload:  # an empty retained message only clears the topic
-            self._documents[kind] = bytes(message.payload)
-            self._document_arrived.set()
-
-    async def _apply_documents(self) -> None:
-        """Verify and apply denylists and trust bundles from the site topics; record what
-        happened. A retained document redelivered on every reconnect is a no-op."""
-        while True:
-            await self._document_arrived.wait()
-            self._document_arrived.clear()
-            for kind in ("trust", "denylist"):  # keys first: a denylist may need them
-                payload = self._documents.pop(kind, None)
-                if payload is not None:
-                    await self._apply_document(kind, payload)
-
-    async def _apply_document(self, kind: str, payload: bytes) -> None:
-        try:
-            token = payload.decode("ascii").strip()
-        except UnicodeDecodeError:
-            token = ""
-        store: TrustStore | DenylistStore = self.trust if kind == "trust" else self.denylist
-        result = store.update(token)
-        if result.outcome is Update.APPLIED:
-            log.info("%s version %d applied", kind, result.version)
-            fields: dict[str, Any] = {"version": result.version}
-            if result.detail:
-                fields["detail"] = result.detail[:200]
-            await self._record(f"{kind}.applied", fields, EventClass.AUDIT)
-            self._state_changed.set()
-        elif result.outcome is not Update.SAME:
-            log.warning("%s refused (%s): %s", kind, result.outcome.value, result.detail)
-            await self._alarm_refusal(kind, result.outcome.value, result.detail,
-                                      result.version)
-
-    async def _alarm_refusal(self, kind: str, outcome: str, detail: str, held: int) -> None:
-        """A ``<kind>.refused`` alarm, at most one a minute per kind: whoever can publish
-        garbage on a site topic must not be able to fill the outbox with alarms."""
-        now = asyncio.get_running_loop().time()
-        last, suppressed = self._refusals.get(kind, (-REFUSAL_ALARM_INTERVAL_S, 0))
-        if now - last < REFUSAL_ALARM_INTERVAL_S:
-            self._refusals[kind] = (last, suppressed + 1)
-            return
-        self._refusals[kind] = (now, 0)
-        await self._record(f"{kind}.refused", {
-            "outcome": outcome, "detail": detail[:200], "held_version": held,
-            "suppressed": suppressed}, EventClass.ALARM)
+        else:
+            self.documents.offer(kind, bytes(message.payload))
 
     async def snapshot(self) -> dict[str, Any]:
         """The retained ``state`` document: what the platform should know right now."""
@@ -494,7 +387,7 @@ class Agent:
             event_class = EventClass.ALARM if emit.alarm else \
                 EventClass.AUDIT if emit.audit else EventClass.STATE
             try:
-                await self._record(emit.type, emit.fields, event_class, at)
+                await self.record(emit.type, emit.fields, event_class, at)
             finally:
                 self._locker_events.task_done()
 
@@ -509,17 +402,8 @@ class Agent:
             is_up = state is LinkState.UP
             if is_up != was_up and state is not LinkState.CONNECTING:
                 fields = {"detail": detail} if detail else {}
-                await self._record(f"link.{state.value}", fields, EventClass.STATE, at)
+                await self.record(f"link.{state.value}", fields, EventClass.STATE, at)
                 was_up = is_up
-
-
-def _item(config: SiteConfig, name: str) -> Any:
-    """The value of a remote item (``access.lockout_s``, ``compartments.B1.skills``)."""
-    parts = name.split(".")
-    if parts[0] == "compartments":
-        section: Any = next(c for c in config.compartments if c.id == parts[1])
-        return section.model_dump(mode="json")[parts[2]]
-    return getattr(config, parts[0]).model_dump(mode="json")[parts[1]]
 
 
 async def _raise_when_set(stop: asyncio.Event) -> None:

@@ -124,7 +124,7 @@ async def test_trust_bundle_rotates_issuer_keys_and_never_rolls_back(
             publisher.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)  # clears
             publisher.publish(topic, b"garbage", qos=1).wait_for_publish(5)
             async with asyncio.timeout(10):  # refused again, but the alarm is rate-limited
-                while during.agent._refusals["trust"][1] < 1:  # noqa: ASYNC110  # no event to await: a suppressed alarm records nothing
+                while during.agent.documents.suppressed("trust") < 1:  # noqa: ASYNC110  # no event: a suppressed alarm records nothing
                     await asyncio.sleep(0.01)
             state = await during.agent.snapshot()
         async with running(site) as after:  # installed for good: no broker message needed
