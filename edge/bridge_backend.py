@@ -15,7 +15,13 @@ import contextlib
 import logging
 
 from edge.config import BridgeHardware, CompartmentConfig
-from edge.locker_backend import InputCallback, LinkCallback, UnlockFailed
+from edge.locker_backend import (
+    InputCallback,
+    LinkCallback,
+    LockFault,
+    StartedCallback,
+    UnlockFailed,
+)
 from firmware_bridge.bridge_client import (
     BridgeClient,
     BridgeDown,
@@ -34,6 +40,7 @@ class BridgeBackend:
     """Every compartment's lock output and inputs on one microcontroller."""
 
     name = "bridge"
+    debounces = True  # the microcontroller debounces (20 ms) and timestamps its inputs
 
     def __init__(self, compartments: tuple[CompartmentConfig, ...],
                  hardware: BridgeHardware) -> None:
@@ -123,33 +130,73 @@ class BridgeBackend:
         out: dict[str, bool] = {}
         for number, (cid, name) in self._inputs.items():
             if cid == compartment:
-                # Unknown inputs read as "door closed, locked, item present": the safe
-                # guess, and a fault is raised anyway while the link is down.
-                out[name] = self._levels.get(number, True)
+                # An input the microcontroller has not reported (or does not have) reads
+                # as open / unlocked / absent, like a cut wire: never the safe-looking state.
+                out[name] = self._levels.get(number, False)
         return out
 
-    async def hold(self, compartment: str) -> None:
-        with contextlib.suppress(BridgeDown, BridgeRefused):
-            await self._client.set_output(self._outputs[compartment], True)
-
-    async def pulse(self, compartment: str, seconds: float) -> float:
+    def check(self, compartment: str) -> str | None:
+        peer = self._client.peer
+        if peer is None:
+            return None  # not known yet: checked again when the link comes up
         output = self._outputs[compartment]
+        if output >= peer.outputs:
+            return f"output {output} does not exist: the microcontroller has {peer.outputs}"
+        for number, (cid, name) in self._inputs.items():
+            if cid == compartment and number >= peer.inputs:
+                return (f"{name} input {number} does not exist: the microcontroller has "
+                        f"{peer.inputs}")
+        return None
+
+    def _check_output(self, compartment: str) -> int:
+        output = self._outputs[compartment]
+        peer = self._client.peer
+        if peer is not None and output >= peer.outputs:
+            raise UnlockFailed(f"output {output} does not exist: the microcontroller has "
+                               f"{peer.outputs}")
+        return output
+
+    async def hold(self, compartment: str) -> None:
         try:
-            if compartment in self._maglocks:
-                await self._client.set_output(output, False)
-                try:
-                    await asyncio.sleep(seconds)
-                finally:
-                    await self._client.set_output(output, True)
-                return seconds
+            output = self._check_output(compartment)
+            await self._client.set_output(output, True)
+        except (UnlockFailed, BridgeDown, BridgeRefused) as exc:
+            raise LockFault(f"the maglock did not engage: {exc}") from exc
+
+    async def pulse(self, compartment: str, seconds: float,
+                    started: StartedCallback | None = None) -> float:
+        output = self._check_output(compartment)
+        if compartment in self._maglocks:
+            return await self._release(output, seconds, started)
+        try:
             granted_ms = await self._client.pulse(output, round(seconds * 1000))
-        except BridgeDown as exc:
-            raise UnlockFailed(f"firmware bridge: {exc}") from exc
+        except BridgeDown as exc:  # the acknowledgement may be what was lost
+            raise UnlockFailed(f"firmware bridge: {exc}", maybe_operated=True) from exc
         except BridgeRefused as exc:
             raise UnlockFailed(f"the microcontroller refused: {exc}") from exc
         granted_s = float(granted_ms) / 1000
+        if started is not None:
+            started(granted_s)  # acknowledged: the coil is on
         await asyncio.sleep(granted_s)  # the microcontroller ends it on its own
         return granted_s
+
+    async def _release(self, output: int, seconds: float,
+                       started: StartedCallback | None) -> float:
+        """A maglock: off for ``seconds``, then held again."""
+        try:
+            await self._client.set_output(output, False)
+        except BridgeDown as exc:
+            raise UnlockFailed(f"firmware bridge: {exc}", maybe_operated=True) from exc
+        except BridgeRefused as exc:
+            raise UnlockFailed(f"the microcontroller refused: {exc}") from exc
+        if started is not None:
+            started(seconds)
+        await asyncio.sleep(seconds)
+        try:
+            await self._client.set_output(output, True)
+        except (BridgeDown, BridgeRefused) as exc:
+            raise LockFault(f"the maglock did not re-engage: {exc}") from exc
+        return seconds
 
     async def close(self) -> None:
         if self._task is not None:
@@ -158,7 +205,9 @@ class BridgeBackend:
                 await self._task
         if self.link_up:  # every output off now: a pulse ends, a maglock releases
             for output in self._outputs.values():
-                with contextlib.suppress(BridgeDown, BridgeRefused):
+                try:
                     await self._client.set_output(output, False)
+                except Exception as exc:  # one bad output must not keep the others on
+                    log.error("output %d not switched off at exit: %s", output, exc)
         if self._entered:
             await self._client.__aexit__(None, None, None)

@@ -113,10 +113,10 @@ class CompartmentMachine:
 
     def grant(self, now: float, by: dict[str, Any]) -> list[Emit]:
         """A recorded grant is about to pulse the lock; ``by`` names who asked."""
+        self.grant_by = dict(by)  # named in the unlock_failed event too
+        self._saw_unlocked = False
         if self.state is State.FAULT:
             return []  # nothing can be unlocked: the unlock will fail and say so
-        self.grant_by = dict(by)
-        self._saw_unlocked = False
         if self.state in DOOR_OPEN:
             return []  # already open: nothing to unlock, the grant covers this opening
         self.state = State.UNLOCKING
@@ -143,17 +143,22 @@ class CompartmentMachine:
 
     # -- inputs -----------------------------------------------------------------------
 
-    def raw(self, now: float, name: str, level: bool) -> None:
+    def raw(self, now: float, name: str, level: bool) -> list[Emit]:
         """A raw level on ``door`` (closed), ``feedback`` (locked) or ``item`` (present);
-        it counts once it has held for the debounce time (see :meth:`tick`)."""
+        it counts once it has held for the debounce time (see :meth:`tick`), or at once
+        when the debounce time is 0 (inputs already debounced by a microcontroller)."""
         debounced = self._inputs.setdefault(name, _Debounced(None))
         if level == debounced.level:
             debounced.pending = None  # a bounce back: nothing changed
             self._deadlines.pop(f"debounce:{name}", None)
-            return
+            return []
+        if self.timers.debounce_s <= 0:
+            debounced.pending = level
+            return self._settle(now, name)
         if debounced.pending != level:
             debounced.pending, debounced.since = level, now
             self._deadlines[f"debounce:{name}"] = now + self.timers.debounce_s
+        return []
 
     def level(self, name: str) -> bool | None:
         """The accepted (debounced) level of an input; None if unknown."""
@@ -161,6 +166,9 @@ class CompartmentMachine:
         return None if debounced is None else debounced.level
 
     def _door(self, now: float, closed: bool) -> list[Emit]:
+        if not closed and self.state is State.FAULT:  # no grant can be active in a fault
+            self._enter_open(now, State.FORCED)
+            return [Emit("door.forced_open", {"compartment": self.compartment}, alarm=True)]
         if self.state is State.FAULT:
             return []
         if not closed:
@@ -201,6 +209,10 @@ class CompartmentMachine:
             return [Emit("locker.locked", {"compartment": self.compartment})]
         if not locked and self.state in CLOSED_AT_REST:
             return self.fault(now, "the lock reports unlocked with no pulse")
+        if locked and self.state is State.FAULT and self.level("door") is True:
+            self.state = State.LOCKED  # the lock has caught up: closed and locked again
+            return [Emit("locker.recovered", {"compartment": self.compartment,
+                                              "door": "closed"})]
         return []
 
     def _item(self, now: float, present: bool) -> list[Emit]:
@@ -222,17 +234,26 @@ class CompartmentMachine:
         return [Emit("locker.fault", {"compartment": self.compartment, "reason": reason},
                      alarm=True)]
 
-    def recovered(self, now: float, *, door_closed: bool) -> list[Emit]:
-        """The backend is back; the door's level is read again (no forced alarm)."""
+    def recovered(self, now: float, *, door_closed: bool, locked: bool | None = None,
+                  item_present: bool | None = None) -> list[Emit]:
+        """The backend is back; every input is read again. A door that was closed when the
+        fault began and is open now was opened with no grant possible: forced."""
         if self.state is not State.FAULT:
             return []
-        self._inputs["door"] = _Debounced(door_closed)
+        was_closed = self.level("door")
+        self._inputs = {"door": _Debounced(door_closed), "feedback": _Debounced(locked),
+                        "item": _Debounced(item_present)}
+        emits = [Emit("locker.recovered", {"compartment": self.compartment,
+                                           "door": "closed" if door_closed else "open"})]
         if door_closed:
             self.state = State.LOCKED
+        elif was_closed:
+            self._enter_open(now, State.FORCED)
+            emits.append(Emit("door.forced_open", {"compartment": self.compartment},
+                              alarm=True))
         else:
             self._enter_open(now, State.AJAR)
-        return [Emit("locker.recovered", {"compartment": self.compartment,
-                                          "door": "closed" if door_closed else "open"})]
+        return emits
 
     # -- time -------------------------------------------------------------------------
 

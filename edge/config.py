@@ -19,6 +19,7 @@ from edge.errors import ConfigError
 from provisioning.keys import public_key_from_b64
 
 MAX_PULSE_MS = 3000  # no solenoid is energised longer than this, whatever the file says
+MAX_BRIDGE_CHANNEL = 255  # one byte in the bridge protocol
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")]
 PinName = int | Annotated[str, Field(pattern=r"^(GPIO|BCM|BOARD|J8:)?[0-9]{1,2}$")]
 
@@ -189,6 +190,9 @@ class CompartmentConfig(_Frozen):
     relock_s: float = Field(default=10.0, ge=1, le=600)
     ajar_s: float = Field(default=30.0, ge=1, le=3600)
     held_open_s: float = Field(default=120.0, ge=1, le=86400)
+    relock_check_s: float = Field(
+        default=2.0, gt=0, le=60,
+        description="with lock feedback: closed but not locked by then is a fault")
     debounce_ms: int = Field(default=50, ge=0, le=1000)
     duty_budget_s: float = Field(default=15.0, gt=0, le=3600,
                                  description="coil on-time allowed per duty_window_s")
@@ -279,6 +283,8 @@ class SiteConfig(_Frozen):
                                  "output and input numbers (integers)")
             if len(set(outputs)) != len(outputs) or len(set(inputs)) != len(inputs):
                 raise ValueError("each bridge output and input may be used once")
+            if not all(0 <= int(p) <= MAX_BRIDGE_CHANNEL for p in (*outputs, *inputs)):
+                raise ValueError(f"bridge output and input numbers are 0..{MAX_BRIDGE_CHANNEL}")
         elif len(set(outputs + inputs)) != len(outputs + inputs):
             raise ValueError("each pin may be used by one compartment input or output only")
         return self

@@ -93,15 +93,21 @@ class LockOutput:
             else (self._device.on, self._device.off)
 
         def end() -> None:
-            if not self._device.closed:
-                rest()
-            with contextlib.suppress(RuntimeError):  # loop already closed: nobody waits
-                loop.call_soon_threadsafe(_resolve, done)
+            try:
+                if not self._device.closed:
+                    rest()
+            finally:  # whatever happened, the waiting unlock (and the coil lock) go on
+                with contextlib.suppress(RuntimeError):  # loop already closed
+                    loop.call_soon_threadsafe(_resolve, done)
 
         self._timer = threading.Timer(seconds, end)
         self._timer.daemon = True
         operate()
-        self._timer.start()
+        try:
+            self._timer.start()
+        except BaseException:  # no thread to end the pulse: do not start it
+            rest()
+            raise
         return done
 
     def close(self) -> None:

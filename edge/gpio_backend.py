@@ -13,13 +13,14 @@ from typing import Any
 
 from edge.config import CompartmentConfig
 from edge.gpio import InputSwitch, LockOutput
-from edge.locker_backend import InputCallback, LinkCallback
+from edge.locker_backend import InputCallback, LinkCallback, StartedCallback
 
 
 class GpioBackend:
     """Every compartment's lock output and input switches on one pin factory."""
 
     name = "gpio"
+    debounces = False  # gpiozero reports every edge: the state machines debounce
 
     def __init__(self, compartments: tuple[CompartmentConfig, ...], pin_factory: Any) -> None:
         self._outputs: dict[str, LockOutput] = {}
@@ -44,14 +45,21 @@ class GpioBackend:
             for name, switch in switches.items():
                 switch.on_change(loop, functools.partial(on_input, cid, name))
 
+    def check(self, compartment: str) -> str | None:
+        return None  # gpiozero refused unusable pins when the devices were made
+
     def read(self, compartment: str) -> dict[str, bool]:
         return {name: switch.level for name, switch in self._inputs[compartment].items()}
 
     async def hold(self, compartment: str) -> None:
         self._outputs[compartment].engage()
 
-    async def pulse(self, compartment: str, seconds: float) -> float:
-        await self._outputs[compartment].pulse(seconds, asyncio.get_running_loop())
+    async def pulse(self, compartment: str, seconds: float,
+                    started: StartedCallback | None = None) -> float:
+        done = self._outputs[compartment].pulse(seconds, asyncio.get_running_loop())
+        if started is not None:
+            started(seconds)  # energised (or released) when pulse() returned
+        await done
         return seconds
 
     def energised(self, compartment: str) -> bool:

@@ -24,11 +24,12 @@ from typing import Any
 from edge.coil import DutyBudget
 from edge.compartment import CompartmentMachine, Emit, State, Timers
 from edge.config import CompartmentConfig
-from edge.locker_backend import LockerBackend, UnlockFailed
+from edge.locker_backend import LockerBackend, LockFault, UnlockFailed
 
 log = logging.getLogger(__name__)
 
 EmitCallback = Callable[[Emit], None]
+FEEDBACK_GRACE_S = 0.1  # a strike's latch monitor may lag its coil by this much
 
 
 @dataclass
@@ -55,10 +56,13 @@ class LockerBank:
         self._tasks: set[asyncio.Task[None]] = set()
         self._compartments = {c.id: self._build(c) for c in configs}
 
-    @staticmethod
-    def _build(config: CompartmentConfig) -> _Compartment:
+    def _build(self, config: CompartmentConfig) -> _Compartment:
+        # A microcontroller debounces its inputs and may replay a burst of queued changes
+        # after a link loss: debouncing them again by arrival time would lose some.
+        debounce_s = 0.0 if self.backend.debounces else config.debounce_ms / 1000
         timers = Timers(relock_s=config.relock_s, ajar_s=config.ajar_s,
-                        held_open_s=config.held_open_s, debounce_s=config.debounce_ms / 1000)
+                        held_open_s=config.held_open_s, relock_check_s=config.relock_check_s,
+                        debounce_s=debounce_s)
         machine = CompartmentMachine(config.id, timers,
                                      has_feedback=config.feedback_pin is not None,
                                      has_item=config.item_pin is not None)
@@ -80,11 +84,23 @@ class LockerBank:
             report[cid] = c.machine.boot(now, door_closed=levels["door"],
                                          locked=levels.get("feedback"),
                                          item_present=levels.get("item"))
+            problem = self.backend.check(cid)
+            if problem is not None:  # wired to what the hardware does not have
+                report[cid]["state"] = "fault"
+                self._dispatch(c, c.machine.fault(now, problem))
             self._schedule(c)
-        for cid, c in self._compartments.items():
-            if c.config.lock == "maglock" and self.backend.link_up:
-                await self.backend.hold(cid)
+        for c in self._compartments.values():
+            if c.config.lock == "maglock" and c.machine.state is not State.FAULT:
+                await self._hold(c)
         return report
+
+    async def _hold(self, c: _Compartment) -> None:
+        try:
+            async with self._coil:  # never in the middle of this compartment's release
+                await self.backend.hold(c.config.id)
+        except LockFault as exc:
+            if self._loop is not None:
+                self._dispatch(c, c.machine.fault(self._loop.time(), str(exc)))
 
     # -- grants -----------------------------------------------------------------------
 
@@ -96,33 +112,66 @@ class LockerBank:
     async def unlock(self, compartment_id: str, by: dict[str, Any] | None = None) -> int:
         """Operate the compartment's lock for its grant; return the pulse in ms.
 
-        Waits for any other coil to finish first, and returns once this pulse has ended.
-        Raises :class:`UnlockFailed` (after emitting ``locker.unlock_failed``) if the
-        lock was not operated: duty budget spent, hardware unreachable, or refused.
+        Waits for any other coil to finish first (the grant takes effect only then: a
+        door opened while waiting is forced), and returns once this pulse has ended.
+        Raises :class:`UnlockFailed` (after emitting ``locker.unlock_failed``) if the lock
+        was not operated: duty budget spent, hardware unreachable or refusing, or lock
+        feedback that never reported unlocked.
         """
         c = self._compartments[compartment_id]
         loop = asyncio.get_running_loop()
-        self._dispatch(c, c.machine.grant(loop.time(), by or {}))
         async with self._coil:
             started = loop.time()
+            self._dispatch(c, c.machine.grant(started, by or {}))
             try:
-                if c.machine.state is State.FAULT or not self.backend.link_up:
-                    raise UnlockFailed("the compartment's hardware is unreachable")
-                if c.config.lock == "strike" and not c.budget.allows(started, c.pulse_s):
-                    raise UnlockFailed(
-                        f"duty budget: the coil was on {c.budget.used(started):.1f}s of its "
-                        f"{c.config.duty_budget_s:g}s per {c.config.duty_window_s:g}s")
-                actual = await self.backend.pulse(compartment_id, c.pulse_s)
+                actual = await self._operate(c, started)
             except UnlockFailed as exc:
                 log.warning("unlock of %s failed: %s", compartment_id, exc)
                 self._dispatch(c, c.machine.unlock_failed(loop.time(), str(exc)))
                 raise
-            if c.config.lock == "strike":
-                c.budget.record(started, actual)
-        pulse_ms = round(actual * 1000)
-        self._dispatch(c, c.machine.tick(loop.time()) + c.machine.unlocked(loop.time(),
-                                                                           pulse_ms))
-        return pulse_ms
+        self._dispatch(c, c.machine.tick(loop.time()))
+        if c.machine.has_feedback:  # decided now that the feedback has had its chance
+            emits = c.machine.unlocked(loop.time(), round(actual * 1000))
+            self._dispatch(c, emits)
+            if any(e.type == "locker.unlock_failed" for e in emits):
+                raise UnlockFailed("the lock did not report unlocked")
+        return round(actual * 1000)
+
+    async def _operate(self, c: _Compartment, started: float) -> float:
+        """Budget, then the backend's pulse (one coil: the caller holds the coil lock);
+        without lock feedback the unlock is reported as soon as the lock is operated."""
+        loop = asyncio.get_running_loop()
+        strike = c.config.lock == "strike"
+        if c.machine.state is State.FAULT or not self.backend.link_up:
+            raise UnlockFailed("the compartment's hardware is unreachable")
+        if strike and not c.budget.allows(started, c.pulse_s):
+            raise UnlockFailed(
+                f"duty budget: the coil was on {c.budget.used(started):.1f}s of its "
+                f"{c.config.duty_budget_s:g}s per {c.config.duty_window_s:g}s")
+
+        def operated(seconds: float) -> None:
+            if not c.machine.has_feedback:
+                self._dispatch(c, c.machine.unlocked(loop.time(), round(seconds * 1000)))
+
+        try:
+            actual = await self.backend.pulse(c.config.id, c.pulse_s, operated)
+        except UnlockFailed as exc:
+            if strike and exc.maybe_operated:
+                c.budget.record(started, c.pulse_s)
+            raise
+        except LockFault as exc:  # operated, but not back at rest: the door was released
+            self._dispatch(c, c.machine.fault(loop.time(), str(exc)))
+            return c.pulse_s
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a backend bug must not leave the machine unlocking
+            log.exception("the %s backend failed to pulse %s", self.backend.name, c.config.id)
+            raise UnlockFailed(f"backend error: {exc}") from exc
+        if strike:
+            c.budget.record(started, actual)
+        if c.machine.has_feedback:  # let a feedback edge at the pulse's end settle
+            await asyncio.sleep(c.machine.timers.debounce_s + FEEDBACK_GRACE_S)
+        return actual
 
     # -- what the bank knows ----------------------------------------------------------
 
@@ -140,6 +189,8 @@ class LockerBank:
         for c in self._compartments.values():
             if c.timer is not None:
                 c.timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
         await self.backend.close()
 
     # -- inputs, link and time --------------------------------------------------------
@@ -148,25 +199,29 @@ class LockerBank:
         c = self._compartments.get(compartment)
         if c is None or self._loop is None:
             return
-        c.machine.raw(self._loop.time(), name, level)
-        self._schedule(c)
+        self._dispatch(c, c.machine.raw(self._loop.time(), name, level))
 
     def _on_link(self, up: bool, detail: str) -> None:
         if self._loop is None:
             return
         now = self._loop.time()
         for cid, c in self._compartments.items():
-            if up:
-                levels = self.backend.read(cid)
-                self._dispatch(c, c.machine.recovered(now, door_closed=levels["door"]))
-            else:
+            if not up:
                 self._dispatch(c, c.machine.fault(now, f"hardware link down: {detail}"))
-        if up:
-            for cid, c in self._compartments.items():
-                if c.config.lock == "maglock":
-                    task = self._loop.create_task(self.backend.hold(cid))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                continue
+            if c.machine.state is not State.FAULT:
+                continue  # a link-up it never lost (the first HELLO): nothing to recover
+            levels = self.backend.read(cid)
+            self._dispatch(c, c.machine.recovered(
+                now, door_closed=levels["door"], locked=levels.get("feedback"),
+                item_present=levels.get("item")))
+            problem = self.backend.check(cid)
+            if problem is not None:
+                self._dispatch(c, c.machine.fault(now, problem))
+            elif c.config.lock == "maglock":  # the microcontroller may have rebooted
+                task = self._loop.create_task(self._hold(c))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     def _tick(self, c: _Compartment) -> None:
         c.timer = None

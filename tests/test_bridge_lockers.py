@@ -84,8 +84,10 @@ async def test_a_microcontroller_reboot_is_seen_and_the_doors_read_again(rig: Ri
     recovered = {e.fields["compartment"]: e.fields["door"] for e in rig.events
                  if e.type == "locker.recovered"}
     assert recovered == {"A1": "closed", "B1": "open"}
-    assert rig.bank.states() == {"A1": "locked", "B1": "ajar"}  # watched, no forced alarm
-    assert "door.forced_open" not in rig.types()
+    # Closed when the link was lost, open now, and no grant possible in between: forced.
+    assert rig.bank.states() == {"A1": "locked", "B1": "forced"}
+    assert [e.fields["compartment"] for e in rig.events if e.type == "door.forced_open"] \
+        == ["B1"]
     assert await rig.bank.unlock("A1") == 100
 
 
@@ -135,3 +137,46 @@ async def test_commands_complete_exactly_once_on_a_lossy_line() -> None:
         assert done >= 15
         assert done <= len(pulses) <= 20  # every acknowledged unlock happened, none twice
         assert len(set(mcu.commands_executed)) == len(mcu.commands_executed)
+
+
+async def test_an_output_the_microcontroller_lacks_fails_the_unlock_cleanly() -> None:
+    with McuEmulator(outputs=2, inputs=2, heartbeat_s=0.1, link_timeout_s=0.5) as mcu:
+        configs = (CompartmentConfig(id="Z9", solenoid_pin=7, door_pin=7),)
+        backend = BridgeBackend(configs, BridgeHardware(backend="bridge", url=mcu.path))
+        events: list[Emit] = []
+        bank = LockerBank(configs, backend, events.append)
+        boot = await bank.start()
+        try:
+            assert boot["Z9"] == {"door": "open", "state": "fault"}  # like a cut wire
+            with pytest.raises(UnlockFailed, match="unreachable"):
+                await bank.unlock("Z9", {"member": "ada"})
+        finally:
+            await bank.close()
+        assert bank.states()["Z9"] == "fault"
+        assert "output 7 does not exist" in events[0].fields["reason"]
+        assert mcu.output_log == []
+
+
+async def test_a_maglock_that_does_not_re_engage_is_a_fault() -> None:
+    with McuEmulator(outputs=2, inputs=2, heartbeat_s=0.1, link_timeout_s=0.5) as mcu:
+        mcu.set_input(0, True)
+        async with asyncio.timeout(2):
+            while not mcu.input(0):  # noqa: ASYNC110  # the firmware's 20 ms debounce
+                await asyncio.sleep(0.005)
+        configs = (CompartmentConfig(id="M1", solenoid_pin=0, door_pin=0, pulse_ms=100,
+                                     lock="maglock"),)
+        backend = BridgeBackend(configs, BridgeHardware(backend="bridge", url=mcu.path))
+        events: list[Emit] = []
+        bank = LockerBank(configs, backend, events.append)
+        await bank.start()
+        try:
+            task = asyncio.ensure_future(bank.unlock("M1", {"member": "ada"}))
+            async with asyncio.timeout(5):
+                while mcu.output(0):  # noqa: ASYNC110  # released: no event for a level
+                    await asyncio.sleep(0.005)
+            mcu.stuck_output(0)  # its driver fails while the door is released
+            assert await task == 100
+        finally:
+            await bank.close()
+        assert [e.type for e in events] == ["locker.unlocked", "locker.fault"]
+        assert "re-engage" in events[1].fields["reason"]

@@ -33,7 +33,7 @@ def run(steps: Sequence[Step], *, feedback: bool = False, item: bool = False,
         elif action == "failed":
             events += [e.type for e in machine.unlock_failed(at, str(arg))]
         elif action in ("door", "feedback", "item"):
-            machine.raw(at, action, bool(arg))
+            events += [e.type for e in machine.raw(at, action, bool(arg))]
             events += [e.type for e in machine.tick(at + TIMERS.debounce_s)]
         elif action == "fault":
             events += [e.type for e in machine.fault(at, "link down")]
@@ -91,11 +91,24 @@ ROWS: list[tuple[str, list[Step], dict[str, bool], list[str], State]] = [
       (21, "door", False), (22, "item", True), (23, "door", True)], {"item": True},
      ["locker.unlocked", "door.opened", "item.checked_out", "door.closed", "locker.unlocked",
       "door.opened", "item.returned", "door.closed"], State.LOCKED),
-    ("fault and recovery with the door closed", [(1, "fault", None), (2, "door", False),
-                                                  (3, "recovered", True)], {},
-     ["locker.fault", "locker.recovered"], State.LOCKED),
-    ("recovery with the door open", [(1, "fault", None), (3, "recovered", False)], {},
-     ["locker.fault", "locker.recovered"], State.AJAR),
+    ("fault and recovery with the door closed", [(1, "fault", None), (3, "recovered", True)],
+     {}, ["locker.fault", "locker.recovered"], State.LOCKED),
+    ("opened during a fault: forced", [(1, "fault", None), (2, "door", False),
+                                       (3, "door", True)], {},
+     ["locker.fault", "door.forced_open", "door.closed"], State.LOCKED),
+    ("found open at recovery, closed at the fault: forced",
+     [(1, "fault", None), (3, "recovered", False)], {},
+     ["locker.fault", "locker.recovered", "door.forced_open"], State.FORCED),
+    ("found open at recovery, open at the fault too: ajar",
+     [(1, "grant", None), (1.5, "unlocked", None), (2, "door", False), (3, "fault", None),
+      (9, "recovered", False)], {},
+     ["locker.unlocked", "door.opened", "locker.fault", "locker.recovered"], State.AJAR),
+    ("the lock catches up after a relock fault",
+     [(1, "grant", None), (1.1, "feedback", False), (1.5, "unlocked", None),
+      (2, "door", False), (8, "door", True), (11, "tick", None), (12, "feedback", True)],
+     {"feedback": True},
+     ["locker.unlocked", "door.opened", "door.closed", "locker.fault", "locker.recovered"],
+     State.LOCKED),
     ("a grant during a fault fails and stays in fault",
      [(1, "fault", None), (2, "grant", None), (2.1, "failed", "no link"),
       (3, "recovered", True)], {},
@@ -162,9 +175,27 @@ def test_no_sequence_of_inputs_breaks_the_machine(actions: list[tuple[str, bool,
         elif action == "recovered":
             machine.recovered(now, door_closed=flag)
         elif action != "tick":
-            machine.raw(now, action, flag)
+            machine.raw(now, action, flag)  # emits nothing until the debounce settles
         assert machine.state in State
         deadline = machine.next_deadline()
         assert deadline is None or deadline >= now - 200
     if machine.state in (State.OPEN, State.AJAR, State.FORCED):
         assert machine.next_deadline() is not None  # an open door is always watched
+
+
+def test_inputs_already_debounced_apply_at_once_and_none_is_lost() -> None:
+    """A microcontroller replays queued changes back to back after a link loss."""
+    machine = CompartmentMachine("A1", Timers(debounce_s=0))
+    machine.boot(0.0, door_closed=True)
+    events = machine.raw(1.0, "door", False) + machine.raw(1.0, "door", True)
+    assert [e.type for e in events] == ["door.forced_open", "door.closed"]
+
+
+def test_an_unlock_failed_during_a_fault_says_who_asked() -> None:
+    machine = CompartmentMachine("A1", TIMERS)
+    machine.boot(0.0, door_closed=True)
+    machine.fault(1.0, "link down")
+    machine.grant(2.0, BY)
+    [failed] = machine.unlock_failed(2.1, "unreachable")
+    assert failed.fields == {"compartment": "A1", "reason": "unreachable", **BY}
+    assert machine.state is State.FAULT

@@ -158,3 +158,28 @@ def test_shipped_example_is_valid() -> None:
     config = load_config(EXAMPLE)
     assert config.hardware.backend == "mock"
     assert {c.id for c in config.compartments} == {"A1", "B1"}
+
+
+@pytest.mark.parametrize(("hardware", "pins", "message"), [
+    ('backend = "bridge"\nurl = "/dev/ttyACM0"', "solenoid_pin = 300\ndoor_pin = 0",
+     "numbers are 0..255"),
+    ('backend = "bridge"\nurl = "/dev/ttyACM0"', 'solenoid_pin = "GPIO4"\ndoor_pin = 0',
+     "integers"),
+    ('backend = "bridge"\nurl = "/dev/ttyACM0"\nheartbeat_s = 2\nlink_timeout_s = 3',
+     "solenoid_pin = 0\ndoor_pin = 0", "two heartbeats"),
+])
+def test_bridge_hardware_is_checked(tmp_path: Path, hardware: str, pins: str,
+                                    message: str) -> None:
+    start = VALID.index("[hardware]")
+    text = (VALID[:start] + "[hardware]\n" + hardware + "\n\n"
+            + '[[compartments]]\nid = "A1"\n' + pins + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_bridge_outputs_and_inputs_are_numbered_apart(tmp_path: Path) -> None:
+    start = VALID.index("[hardware]")
+    text = (VALID[:start] + '[hardware]\nbackend = "bridge"\nurl = "/dev/ttyACM0"\n\n'
+            '[[compartments]]\nid = "A1"\nsolenoid_pin = 0\ndoor_pin = 0\n')
+    config = load_config(write(tmp_path, text))
+    assert config.compartments[0].inputs() == {"door": 0}

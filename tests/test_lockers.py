@@ -236,3 +236,47 @@ def test_pin_in_use_is_a_hardware_error(factory: Any) -> None:
     with pytest.raises(HardwareError, match="lock output on pin 17"):
         GpioBackend(clash, factory)
     assert factory.pin(22).state is False
+
+
+async def test_feedback_lagging_the_coil_still_counts_and_no_feedback_fails(
+        factory: Any) -> None:
+    configs = (CompartmentConfig(id="T1", solenoid_pin=5, door_pin=6, feedback_pin=13,
+                                 pulse_ms=100, debounce_ms=10),)
+    rig = Rig(factory, configs)
+    rig.drive(6, 13)
+    await rig.bank.start()
+    try:
+        task = asyncio.ensure_future(rig.bank.unlock("T1", {"member": "ada"}))
+        await rig.energised(5)
+        await asyncio.sleep(0.095)  # the latch monitor reports at the very end of the pulse
+        rig.pin(13).drive_high()
+        assert await task == 100
+        rig.pin(13).drive_low()  # relatched (the door never opened)
+        await rig.until(lambda t: "locker.unlocked" in t)
+        with pytest.raises(UnlockFailed, match="did not report unlocked"):
+            await rig.bank.unlock("T1", {"member": "bo"})  # the latch never moves
+    finally:
+        await rig.bank.close()
+    assert rig.types().count("locker.unlock_failed") == 1
+    assert "locker.fault" not in rig.types()
+
+
+async def test_a_door_opened_while_its_grant_waits_for_the_coil_is_forced(rig: Rig) -> None:
+    first = asyncio.ensure_future(rig.bank.unlock("A1", {"member": "ada"}))
+    await rig.energised(17)
+    second = asyncio.ensure_future(rig.bank.unlock("B1", {"member": "bo"}))
+    rig.pin(23).drive_high()  # B1 pulled open before its coil was ever energised
+    await rig.until(lambda t: "door.forced_open" in t)
+    await asyncio.gather(first, second)
+    unlocked = [e.fields for e in rig.events if e.type == "locker.unlocked"]
+    assert [(f["compartment"], f["member"]) for f in unlocked] == [("A1", "ada"), ("B1", "bo")]
+
+
+async def test_unlocked_is_reported_when_the_lock_operates_before_the_door_opens(
+        rig: Rig) -> None:
+    task = asyncio.ensure_future(rig.bank.unlock("A1", {"member": "ada"}))
+    await rig.energised(17)
+    rig.pin(27).drive_high()  # the member pulls while the coil is on
+    await task
+    await rig.until(lambda t: "door.opened" in t)
+    assert rig.types()[:2] == ["locker.unlocked", "door.opened"]
