@@ -1,12 +1,12 @@
 """A locker-bank microcontroller on a pty, speaking the firmware-bridge protocol.
 
-The host opens ``mcu.path`` like the real UART. One daemon thread plays the firmware: it
-reads frames, answers them, runs the on-time cap, debounce, heartbeat and link-loss
-timers, and reports input changes, following docs/firmware-bridge.md and written
-independently of the host's session so that each checks the other. Tests drive the
-physical side (``set_input``), watch the outputs (``output``, ``output_log``,
-``on_output``) and inject faults (``drop_rate``, ``corrupt_rate``, ``inject_noise``,
-``reboot``, ``stuck_output``, ``unplug``/``plug``).
+The host opens ``mcu.path`` like the real UART. One daemon thread runs the sans-I/O
+firmware of :mod:`simulators.mcu_firmware` (it answers frames, runs the on-time cap,
+debounce, heartbeat and link-loss timers, and reports input changes, following
+docs/firmware-bridge.md) and carries its bytes over the pty. This module is the I/O and
+test layer around it: tests drive the physical side (``set_input``), watch the outputs
+(``output``, ``output_log``, ``on_output``) and inject faults (``drop_rate``,
+``corrupt_rate``, ``inject_noise``, ``reboot``, ``stuck_output``, ``unplug``/``plug``).
 """
 
 from __future__ import annotations
@@ -19,34 +19,17 @@ import select
 import threading
 import time
 import tty
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
+from typing import Generic, Self, TypeVar, overload
 
-from firmware_bridge.bridge_codec import (
-    PROTOCOL_VERSION,
-    UNACKNOWLEDGED,
-    Ack,
-    FrameDecoder,
-    FrameError,
-    Heartbeat,
-    Hello,
-    InputChanged,
-    Inputs,
-    Message,
-    PayloadError,
-    Pulse,
-    ReadInputs,
-    Role,
-    SetOutput,
-    Status,
-    decode_message,
-    encode_message,
-)
+from simulators.mcu_firmware import EVENT_QUEUE, RECENT_COMMANDS, McuFirmware, McuStats
 
-RECENT_COMMANDS = 16  # command ids remembered with their ACK (at-most-once)
-EVENT_QUEUE = 32  # INPUT_CHANGED messages queued while the link is down
+__all__ = ["EVENT_QUEUE", "RECENT_COMMANDS", "McuEmulator", "McuStats", "OutputChange"]
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,29 +41,24 @@ class OutputChange:
     on: bool
 
 
-@dataclass
-class McuStats:
-    frames_in: int = 0
-    frames_out: int = 0
-    retries: int = 0
-    duplicates: int = 0  # same seq again: the stored reply resent
-    duplicate_commands: int = 0  # known command id under a new seq: original ACK resent
-    gave_up: int = 0
-    link_losses: int = 0
-    boots: int = 0
-    events_dropped: int = 0
-    frames_dropped: int = 0  # by drop_rate, either direction
-    frames_corrupted: int = 0  # by corrupt_rate, either direction
-    errors: dict[str, int] = field(default_factory=dict)
+class _OnFirmware(Generic[_T]):
+    """An emulator attribute kept on its :class:`McuFirmware`, read and written there."""
 
+    def __set_name__(self, owner: type[McuEmulator], name: str) -> None:
+        self._name = name
 
-@dataclass
-class _Pending:
-    message: Message
-    seq: int
-    wire: bytes
-    deadline: float
-    sends: int = 1
+    @overload
+    def __get__(self, emulator: None, owner: type[McuEmulator]) -> Self: ...
+    @overload
+    def __get__(self, emulator: McuEmulator, owner: type[McuEmulator]) -> _T: ...
+    def __get__(self, emulator: McuEmulator | None, owner: type[McuEmulator]) -> _T | Self:
+        if emulator is None:
+            return self
+        value: _T = getattr(emulator._fw, self._name)
+        return value
+
+    def __set__(self, emulator: McuEmulator, value: _T) -> None:
+        setattr(emulator._fw, self._name, value)
 
 
 class McuEmulator:
@@ -93,6 +71,19 @@ class McuEmulator:
     flipped. ``on_output`` is called from the emulator's thread on every output change.
     ``baudrate``, if given, paces both directions like a UART at that speed.
     """
+
+    # The firmware's settings and records, read and written on it (simulators.mcu_firmware).
+    n_outputs = _OnFirmware[int]()
+    n_inputs = _OnFirmware[int]()
+    max_on_ms = _OnFirmware[int]()
+    debounce_ms = _OnFirmware[int]()
+    firmware = _OnFirmware[str]()
+    heartbeat_s = _OnFirmware[float]()
+    link_timeout_s = _OnFirmware[float]()
+    ack_timeout_s = _OnFirmware[float]()
+    retries = _OnFirmware[int]()
+    commands_executed = _OnFirmware[list[int]]()  # command ids acted upon, in order
+    stats = _OnFirmware[McuStats]()
 
     def __init__(
         self,
@@ -111,18 +102,13 @@ class McuEmulator:
         seed: int = 0,
         baudrate: int | None = None,
     ) -> None:
-        self.n_outputs, self.n_inputs = outputs, inputs
-        self.max_on_ms, self.debounce_ms, self.firmware = max_on_ms, debounce_ms, firmware
-        self.heartbeat_s, self.link_timeout_s = heartbeat_s, link_timeout_s
-        self.ack_timeout_s, self.retries = ack_timeout_s, retries
         self.drop_rate, self.corrupt_rate = drop_rate, corrupt_rate
         # A pty moves bytes at once; with a baud rate the firmware takes as long as a UART
         # would to receive and to send them (10 bits per byte).
         self._byte_s = 10 / baudrate if baudrate else 0.0
         self.on_output: Callable[[int, bool], None] | None = None
         self.output_log: list[OutputChange] = []
-        self.commands_executed: list[int] = []  # command ids acted upon, in order
-        self.stats = McuStats()
+        # Boot ids and fault injection draw from one generator: a seed replays both.
         self._rng = random.Random(seed)  # noqa: S311  # fault injection, not cryptography
         self._lock = threading.RLock()
         self._master, self._slave = pty.openpty()
@@ -133,12 +119,11 @@ class McuEmulator:
         self._thread: threading.Thread | None = None
         self._closing = False
         self._actions: deque[tuple[Callable[[], None], threading.Event]] = deque()
-        self._unplugged = False
-        self._stuck: set[int] = set()
-        self._raw = [False] * inputs
-        self._raw_since = [0.0] * inputs
-        self._outputs = [False] * outputs
-        self._boot(time.monotonic())
+        self._fw = McuFirmware(
+            outputs, inputs, max_on_ms=max_on_ms, debounce_ms=debounce_ms, firmware=firmware,
+            heartbeat_s=heartbeat_s, link_timeout_s=link_timeout_s,
+            ack_timeout_s=ack_timeout_s, retries=retries, rng=self._rng,
+            transmit=self._send_frame, drive=self._output_changed, now=time.monotonic())
 
     # --- test-facing API ----------------------------------------------------------------
 
@@ -172,34 +157,32 @@ class McuEmulator:
 
     @property
     def boot_id(self) -> int:
-        return self._boot_id
+        return self._fw.boot_id
 
     @property
     def link_up(self) -> bool:
         """The MCU's own view: its HELLO acknowledged, the host known and heard recently."""
         with self._lock:
-            return self._link
+            return self._fw.link_up
 
     def output(self, index: int) -> bool:
         with self._lock:
-            return self._outputs[index]
+            return self._fw.output(index)
 
     def input(self, index: int) -> bool:
         """The debounced level the firmware reports."""
         with self._lock:
-            return self._stable[index]
+            return self._fw.input(index)
 
     def physical(self, index: int) -> bool:
         """The level on the pin now, before the firmware's debounce."""
         with self._lock:
-            return self._raw[index]
+            return self._fw.physical(index)
 
     def set_input(self, index: int, level: bool) -> None:
         """The physical level of input ``index`` changes now (debounced by the firmware)."""
         with self._lock:
-            if self._raw[index] != level:
-                self._raw[index] = level
-                self._raw_since[index] = time.monotonic()
+            self._fw.set_input(index, level, time.monotonic())
         self._wake()
 
     def inject_noise(self, data: bytes) -> None:
@@ -208,21 +191,21 @@ class McuEmulator:
 
     def reboot(self) -> None:
         """A reset: new boot id, every output off, all state lost, HELLO again."""
-        self._call(lambda: self._boot(time.monotonic()))
+        self._call(lambda: self._fw.boot(time.monotonic()))
 
     def stuck_output(self, index: int, stuck: bool = True) -> None:
         """Output ``index``'s driver is faulted (or repaired): commands get OUTPUT_FAULT."""
         def apply() -> None:
-            (self._stuck.add if stuck else self._stuck.discard)(index)
+            (self._fw.stuck.add if stuck else self._fw.stuck.discard)(index)
         self._call(apply)
 
     def unplug(self) -> None:
         """The MCU stops answering entirely (reads are discarded, nothing is sent)."""
-        self._call(lambda: setattr(self, "_unplugged", True))
+        self._call(lambda: setattr(self._fw, "unplugged", True))
 
     def plug(self) -> None:
         """Resume reading and sending."""
-        self._call(lambda: setattr(self, "_unplugged", False))
+        self._call(lambda: setattr(self._fw, "unplugged", False))
 
     # --- the thread ---------------------------------------------------------------------
 
@@ -253,8 +236,8 @@ class McuEmulator:
                     fn, done = self._actions.popleft()
                     fn()
                     done.set()
-                self._tick(time.monotonic())
-                timeout = max(0.0, self._next_deadline() - time.monotonic())
+                self._fw.tick(time.monotonic())
+                timeout = max(0.0, self._fw.next_deadline() - time.monotonic())
             ready, _, _ = select.select([self._master, self._wake_r], [], [], min(timeout, 0.5))
             if self._wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
@@ -271,123 +254,19 @@ class McuEmulator:
                 with self._lock:
                     self._on_bytes(data, time.monotonic())
 
-    # --- firmware state -----------------------------------------------------------------
+    # --- the line and the drivers: the firmware's callbacks -----------------------------
 
-    def _boot(self, now: float) -> None:
-        self.stats.boots += 1
-        self._boot_id = self._rng.getrandbits(32)
-        self._boot_at = now
-        self._decoder = FrameDecoder()
-        self._tx_seq = 0
-        self._host_boot: int | None = None
-        self._rx_seq: int | None = None
-        self._rx_reply = b""
-        self._recent: OrderedDict[int, Ack] = OrderedDict()
-        self._events: deque[InputChanged] = deque()
-        self._pending: _Pending | None = None
-        self._hello_acked = False
-        self._next_hello = now
-        self._next_heartbeat = now
-        self._last_rx: float | None = None
-        self._link = False
-        self._pulse: tuple[int, float] | None = None  # output, ends at
-        self._held: set[int] = set()
-        for index in range(self.n_outputs):
-            self._drive(index, False, now)
-        self._stable = list(self._raw)  # read at boot: no change events for the initial state
-
-    def _ms(self, at: float) -> int:
-        return int((at - self._boot_at) * 1000) & 0xFFFFFFFF
-
-    def _drive(self, index: int, on: bool, now: float) -> None:
-        if self._outputs[index] == on:
+    def _on_bytes(self, data: bytes, now: float) -> None:
+        if self._fw.unplugged:
             return
-        self._outputs[index] = on
+        self._fw.receive_data(self._damage(data), now)
+
+    def _output_changed(self, index: int, on: bool, now: float) -> None:
         self.output_log.append(OutputChange(now, index, on))
         if self.on_output is not None:
             self.on_output(index, on)
 
-    def _end_pulse(self, now: float) -> None:
-        if self._pulse is not None:
-            self._drive(self._pulse[0], False, now)
-            self._pulse = None
-
-    def _next_deadline(self) -> float:
-        deadlines = [self._next_heartbeat]
-        if self._pulse is not None:
-            deadlines.append(self._pulse[1])
-        if self._pending is not None:
-            deadlines.append(self._pending.deadline)
-        elif not self._hello_acked:
-            deadlines.append(self._next_hello)
-        if self._last_rx is not None:
-            deadlines.append(self._last_rx + self.link_timeout_s)
-        deadlines += [self._raw_since[i] + self.debounce_ms / 1000
-                      for i in range(self.n_inputs) if self._raw[i] != self._stable[i]]
-        return min(deadlines)
-
-    def _tick(self, now: float) -> None:
-        if self._pulse is not None and now >= self._pulse[1]:
-            self._end_pulse(now)  # the firmware's own on-time cap
-        self._debounce(now)
-        if self._last_rx is not None and now - self._last_rx >= self.link_timeout_s:
-            self._last_rx = None
-            self._link_lost(now)
-        pending = self._pending
-        if pending is not None and now >= pending.deadline:
-            if pending.sends <= self.retries:
-                pending.sends += 1
-                pending.deadline = now + self.ack_timeout_s
-                self.stats.retries += 1
-                self._send_wire(pending.wire)
-            else:
-                self._give_up(pending, now)
-        if now >= self._next_heartbeat:
-            self._send(Heartbeat(self._boot_id, self._ms(now)), 0)
-            self._next_heartbeat = now + self.heartbeat_s
-        self._link = (self._hello_acked and self._host_boot is not None
-                      and self._last_rx is not None)
-        self._transmit_next(now)
-
-    def _debounce(self, now: float) -> None:
-        settled = sorted((self._raw_since[i], i) for i in range(self.n_inputs)
-                         if self._raw[i] != self._stable[i]
-                         and now - self._raw_since[i] >= self.debounce_ms / 1000)
-        for since, index in settled:  # in the order the edges happened
-            self._stable[index] = self._raw[index]
-            if len(self._events) >= EVENT_QUEUE:
-                self._events.popleft()
-                self.stats.events_dropped += 1
-            self._events.append(InputChanged(index, self._raw[index], self._ms(since)))
-
-    def _link_lost(self, now: float) -> None:
-        """No frame for the link timeout, or no ACK after the retries."""
-        if self._link:
-            self.stats.link_losses += 1
-        self._link = False
-        self._hello_acked = False
-        self._end_pulse(now)  # fail safe: never leave a coil energised without a host
-
-    def _give_up(self, pending: _Pending, now: float) -> None:
-        self._pending = None
-        self.stats.gave_up += 1
-        if isinstance(pending.message, InputChanged):
-            self._events.appendleft(pending.message)  # at least once: again after the link
-        else:
-            self._next_hello = now + self.heartbeat_s
-        self._link_lost(now)
-
-    # --- sending ------------------------------------------------------------------------
-
-    def _send(self, message: Message, seq: int) -> bytes:
-        wire = encode_message(message, seq)
-        self._send_wire(wire)
-        return wire
-
-    def _send_wire(self, wire: bytes) -> None:
-        if self._unplugged:
-            return
-        self.stats.frames_out += 1
+    def _send_frame(self, wire: bytes) -> None:
         self._send_raw(self._damage(wire))
 
     def _send_raw(self, data: bytes) -> None:
@@ -407,149 +286,3 @@ class McuEmulator:
             damaged[self._rng.randrange(len(damaged))] ^= 1 << self._rng.randrange(8)
             return bytes(damaged)
         return data
-
-    def _transmit_next(self, now: float) -> None:
-        if self._pending is not None or self._unplugged:
-            return
-        message: Message
-        if not self._hello_acked:
-            if now < self._next_hello:
-                return
-            message = Hello(Role.MCU, self._boot_id, self.n_outputs, self.n_inputs,
-                            self.max_on_ms, self.firmware)
-        elif self._link and self._events:
-            message = self._events.popleft()
-        else:
-            return
-        seq, self._tx_seq = self._tx_seq, (self._tx_seq + 1) & 0xFF
-        wire = self._send(message, seq)
-        self._pending = _Pending(message, seq, wire, now + self.ack_timeout_s)
-
-    def _reply(self, seq: int, message: Ack | Inputs) -> None:
-        self._rx_seq, self._rx_reply = seq, self._send(message, seq)
-
-    # --- receiving ----------------------------------------------------------------------
-
-    def _on_bytes(self, data: bytes, now: float) -> None:
-        if self._unplugged:
-            return
-        for item in self._decoder.feed(self._damage(data)):
-            if isinstance(item, FrameError):
-                self.stats.errors[item.kind.value] = self.stats.errors.get(item.kind.value, 0) + 1
-                continue
-            self.stats.frames_in += 1
-            self._last_rx = now
-            try:
-                message = decode_message(item)
-            except PayloadError as exc:
-                self.stats.errors[exc.status.name] = self.stats.errors.get(exc.status.name, 0) + 1
-                if item.type not in UNACKNOWLEDGED:
-                    self._reply(item.seq, Ack(item.type, exc.status))
-                continue
-            self._on_message(message, item.seq, now)
-        self._tick(now)
-
-    def _on_message(self, message: Message, seq: int, now: float) -> None:
-        match message:
-            case Ack():
-                pending = self._pending
-                if pending is not None and seq == pending.seq and (
-                        message.acked_type == pending.message.TYPE):
-                    self._pending = None
-                    if isinstance(pending.message, Hello):
-                        self._hello_acked = message.status.ok
-                        if not message.status.ok:
-                            self._next_hello = now + self.heartbeat_s
-            case Heartbeat(boot_id=boot_id):
-                if self._host_boot is not None and boot_id != self._host_boot:
-                    self._host_restarted(None, now)
-            case Inputs():
-                pass  # only the MCU sends INPUTS
-            case Hello():
-                self._on_hello(message, seq, now)
-            case _ if seq == self._rx_seq:
-                self.stats.duplicates += 1
-                self._send_wire(self._rx_reply)
-            case ReadInputs():
-                self._reply(seq, Inputs(tuple(self._stable)))
-            case Pulse() | SetOutput():
-                self._on_command(message, seq, now)
-            case _:  # INPUT_CHANGED: the MCU never receives it
-                self._reply(seq, Ack(message.TYPE, Status.UNKNOWN_TYPE))
-
-    def _on_hello(self, hello: Hello, seq: int, now: float) -> None:
-        if hello.protocol != PROTOCOL_VERSION:
-            self._reply(seq, Ack(hello.TYPE, Status.UNSUPPORTED_VERSION))
-            return
-        if hello.role is not Role.HOST:
-            self._reply(seq, Ack(hello.TYPE, Status.BAD_VALUE))
-            return
-        if hello.boot_id != self._host_boot:
-            self._host_restarted(hello.boot_id, now)
-        self._reply(seq, Ack(hello.TYPE, Status.OK))
-
-    def _host_restarted(self, boot_id: int | None, now: float) -> None:
-        """A host we do not know: forget its seq and command ids, end any pulse, and say
-        HELLO to it (held outputs keep their level until it says otherwise)."""
-        self._host_boot = boot_id
-        self._rx_seq = None
-        self._recent.clear()
-        self._end_pulse(now)
-        self._hello_acked = False
-        if self._pending is None or not isinstance(self._pending.message, Hello):
-            self._next_hello = now
-        else:  # resend it now: the new host has not heard it
-            self._pending.deadline = now
-
-    def _on_command(self, command: Pulse | SetOutput, seq: int, now: float) -> None:
-        if self._host_boot is None:
-            self._reply(seq, Ack(command.TYPE, Status.NOT_READY, command.command_id))
-            return
-        earlier = self._recent.get(command.command_id)
-        if earlier is not None:
-            self.stats.duplicate_commands += 1
-            self._reply(seq, earlier)
-            return
-        ack = (self._pulse_command(command, now) if isinstance(command, Pulse)
-               else self._set_command(command, now))
-        self._recent[command.command_id] = ack
-        while len(self._recent) > RECENT_COMMANDS:
-            self._recent.popitem(last=False)
-        self._reply(seq, ack)
-
-    def _refusal(self, command: Pulse | SetOutput) -> Ack | None:
-        if command.output >= self.n_outputs:
-            return Ack(command.TYPE, Status.BAD_OUTPUT, command.command_id, self.n_outputs)
-        if command.output in self._stuck:
-            return Ack(command.TYPE, Status.OUTPUT_FAULT, command.command_id, command.output)
-        return None
-
-    def _pulse_command(self, pulse: Pulse, now: float) -> Ack:
-        refusal = self._refusal(pulse)
-        if refusal is not None:
-            return refusal
-        busy = self._pulse[0] if self._pulse is not None else (
-            pulse.output if pulse.output in self._held else None)
-        if busy is not None:
-            return Ack(pulse.TYPE, Status.BUSY, pulse.command_id, busy)
-        granted = min(pulse.duration_ms, self.max_on_ms)
-        self.commands_executed.append(pulse.command_id)
-        self._pulse = (pulse.output, now + granted / 1000)
-        self._drive(pulse.output, True, now)
-        status = Status.CAPPED if granted < pulse.duration_ms else Status.OK
-        return Ack(pulse.TYPE, status, pulse.command_id, granted)
-
-    def _set_command(self, command: SetOutput, now: float) -> Ack:
-        refusal = self._refusal(command)
-        if refusal is not None:
-            return refusal
-        pulsing = self._pulse is not None and self._pulse[0] == command.output
-        if pulsing and command.level:
-            return Ack(command.TYPE, Status.BUSY, command.command_id, command.output)
-        self.commands_executed.append(command.command_id)
-        if pulsing:
-            self._end_pulse(now)
-        (self._held.add if command.level else self._held.discard)(command.output)
-        self._drive(command.output, command.level, now)
-        return Ack(command.TYPE, Status.OK, command.command_id)
-
