@@ -60,11 +60,14 @@ class GpioHardware:
         """Pin levels are read directly: nothing to wait for."""
 
     def changes(self, compartment: str) -> list[tuple[float, bool]]:
-        at, out = 0.0, []
-        for state in self.factory.pin(GPIO_PINS[compartment][0]).states[1:]:
-            at += state.timestamp  # a mock pin stamps each change with the time since the last
+        """Changes with monotonic times: a mock pin stamps each change with the time since
+        the one before, and keeps the time of the last (so pins share one clock)."""
+        pin = self.factory.pin(GPIO_PINS[compartment][0])
+        at, out = pin._last_change, []
+        for state in reversed(pin.states[1:]):
             out.append((at, bool(state.state)))
-        return out
+            at -= state.timestamp
+        return out[::-1]
 
 
 class BridgeHardware_:
