@@ -223,6 +223,56 @@ class CompartmentConfig(_Frozen):
         return {name: pin for name, pin in found.items() if pin is not None}
 
 
+class SensorConfig(_Frozen):
+    """A curb sensor on a serial port (docs/sensors.md)."""
+
+    id: Identifier
+    kind: Literal["pms5003", "sds011"]
+    url: str = Field(min_length=1, description="pyserial URL of its serial port")
+    interval_s: float = Field(default=60.0, ge=1, le=3600, description="one sample every")
+    warmup_s: float = Field(default=30.0, ge=0, le=300,
+                            description="fan on this long before a sample (duty cycling)")
+    duty_cycle: bool = Field(default=True, description="sleep between samples")
+    read_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    stale_after_s: float | None = Field(default=None, gt=0,
+                                        description="default: three intervals")
+    stuck_after: int = Field(default=10, ge=2, le=10_000)
+    max_ugm3: float = Field(default=1000.0, gt=0, description="plausible range top")
+    max_error_rate: float = Field(default=0.2, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> SensorConfig:
+        if self.duty_cycle and self.warmup_s >= self.interval_s:
+            raise ValueError("warmup_s must be shorter than interval_s when duty cycling")
+        return self
+
+
+class BatteryConfig(_Frozen):
+    """A battery bank's monitor (BMS or shunt) and the bay it gates (docs/batteries.md)."""
+
+    id: Identifier
+    kind: Literal["jbd", "vedirect"]
+    url: str = Field(min_length=1)
+    compartment: Identifier | None = Field(
+        default=None, description="the battery bay: opens for a loan only if ready")
+    interval_s: float = Field(default=10.0, ge=0.5, le=3600)
+    absent_after_s: float = Field(default=30.0, gt=0, description="silent this long: gone")
+    min_soc_pct: float = Field(default=80.0, ge=0, le=100)
+    min_temp_c: float = Field(default=0.0, ge=-40, le=80)
+    max_temp_c: float = Field(default=45.0, ge=-40, le=80)
+    charger_pin: PinName | None = Field(default=None, description="GPIO relay: on = charge")
+    charge_max_temp_c: float = Field(default=45.0, ge=0, le=80)
+    charge_resume_temp_c: float = Field(default=40.0, ge=-40, le=80)
+
+    @model_validator(mode="after")
+    def _limits_in_order(self) -> BatteryConfig:
+        if self.min_temp_c >= self.max_temp_c:
+            raise ValueError("min_temp_c must be below max_temp_c")
+        if self.charge_resume_temp_c >= self.charge_max_temp_c:
+            raise ValueError("charge_resume_temp_c must be below charge_max_temp_c")
+        return self
+
+
 class GpioHardware(_Frozen):
     """Real GPIO through gpiozero with a named pin factory (``lgpio`` on a Pi)."""
 
@@ -268,12 +318,20 @@ class SiteConfig(_Frozen):
     access: AccessConfig = AccessConfig()
     hardware: Hardware
     compartments: tuple[CompartmentConfig, ...] = Field(min_length=1)
+    sensors: tuple[SensorConfig, ...] = ()
+    batteries: tuple[BatteryConfig, ...] = ()
 
     @model_validator(mode="after")
     def _distinct_compartments_and_pins(self) -> SiteConfig:
         ids = [c.id for c in self.compartments]
         if len(set(ids)) != len(ids):
             raise ValueError("compartment ids must be unique")
+        devices = [s.id for s in self.sensors] + [b.id for b in self.batteries]
+        if len(set(devices)) != len(devices):
+            raise ValueError("sensor and battery ids must be unique")
+        for battery in self.batteries:
+            if battery.compartment is not None and battery.compartment not in ids:
+                raise ValueError(f"battery {battery.id}: no compartment {battery.compartment}")
         outputs = [str(c.solenoid_pin) for c in self.compartments]
         inputs = [str(p) for c in self.compartments for p in c.inputs().values()]
         if isinstance(self.hardware, BridgeHardware):  # outputs and inputs are numbered apart
