@@ -39,25 +39,26 @@ class _Running:
 
 @dataclass
 class MinuteAggregator:
-    """Per-minute aggregates of one sensor's metrics."""
+    """Aggregates of one sensor's metrics per wall-clock window (a minute by default)."""
 
-    minute: int | None = None  # the open minute, Unix seconds // 60
+    window_s: int = 60
+    minute: int | None = None  # the open window, Unix seconds // window_s
     _metrics: dict[str, _Running] = field(default_factory=dict)
 
     def add(self, ts: float, values: Mapping[str, float]) -> list[dict[str, Any]]:
         """Fold a reading taken at ``ts``; return the minutes it closed (at most one)."""
         closed = self.flush(ts)
         if self.minute is None:
-            self.minute = int(ts // 60)
+            self.minute = int(ts // self.window_s)
         for name, value in values.items():
             self._metrics.setdefault(name, _Running()).add(value)
         return closed
 
     def flush(self, ts: float) -> list[dict[str, Any]]:
         """Close the open minute if ``ts`` is past it."""
-        if self.minute is None or int(ts // 60) <= self.minute:
+        if self.minute is None or int(ts // self.window_s) <= self.minute:
             return []
-        closed = {"minute": self.minute * 60,
+        closed = {"minute": self.minute * self.window_s, "window_s": self.window_s,
                   "metrics": {name: r.summary() for name, r in self._metrics.items()}}
         self.minute, self._metrics = None, {}
         return [closed]

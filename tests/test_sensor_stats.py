@@ -15,7 +15,7 @@ def test_a_minute_closes_when_the_next_one_starts() -> None:
     assert agg.add(T0 + 1, {"pm2_5": 10.0}) == []
     assert agg.add(T0 + 30, {"pm2_5": 14.0}) == []
     [closed] = agg.add(T0 + 61, {"pm2_5": 3.0})
-    assert closed == {"minute": int(T0), "metrics": {"pm2_5": {
+    assert closed == {"minute": int(T0), "window_s": 60, "metrics": {"pm2_5": {
         "mean": 12.0, "min": 10.0, "max": 14.0, "count": 2}}}
     [last] = agg.flush(T0 + 125)
     assert last["metrics"]["pm2_5"]["count"] == 1
