@@ -47,6 +47,7 @@ class Decision:
     badge: Badge | None = None
     missing_badges: tuple[tuple[str, int], ...] = ()
     via: str | None = None
+    details: tuple[str, ...] = ()  # what is wrong, for battery_not_ready
 
     @property
     def granted(self) -> bool:
@@ -56,9 +57,9 @@ class Decision:
     def event_type(self) -> str:
         return "access.granted" if self.granted else "access.denied"
 
-    def refused(self, reason: Reason) -> Decision:
+    def refused(self, reason: Reason, details: tuple[str, ...] = ()) -> Decision:
         """This decision turned into a denial for ``reason`` (e.g. ``used_up``)."""
-        return replace(self, reason=reason, via=None)
+        return replace(self, reason=reason, via=None, details=details)
 
     def event_fields(self) -> dict[str, object]:
         """The fields of the audit event recording this decision."""
@@ -73,6 +74,8 @@ class Decision:
                 event["use_limit"] = self.badge.use_limit
         if self.missing_badges:
             event["missing_badges"] = dict(self.missing_badges)
+        if self.details:
+            event["details"] = list(self.details)
         return event
 
 
@@ -116,6 +119,24 @@ class AccessPolicy:
         except TokenRejected as exc:
             return Decision(target, fault_reason(exc.fault))
         return self._check(badge, target, compartment, now)
+
+    def authorise(self, token: str, *, now: Reading, what: str,
+                  allowed: Callable[[Badge], bool]) -> Decision:
+        """A maintainer's badge for something other than a compartment (a calibration):
+        verified, then rules 3 to 5 and 7 as for a scan, then ``allowed(badge)`` in place
+        of the compartment grant. ``what`` names it in the decision."""
+        try:
+            badge = self._badge_verifier().verify(token, now=now.ts)
+        except TokenRejected as exc:
+            return Decision(what, fault_reason(exc.fault))
+        refusal = self._refusal(badge, now)
+        if refusal is not None:
+            return Decision(what, refusal, badge)
+        if not allowed(badge):
+            return Decision(what, Reason.NOT_GRANTED, badge)
+        if badge.windows and not self._in_window(badge, now.ts):
+            return Decision(what, Reason.OUTSIDE_WINDOW, badge)
+        return Decision(what, Reason.GRANTED, badge, via="maintainer")
 
     def _check(self, badge: Badge, target: str, compartment: CompartmentConfig | None,
                now: Reading) -> Decision:

@@ -20,23 +20,31 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gpiozero import DigitalOutputDevice
+
 from edge import __version__, remote_commands
 from edge.access import AUDIT_TARGET, AccessPolicy, Decision
+from edge.battery_bays import BatteryBays
+from edge.calibration import CalibrationHistory
 from edge.clock import Reading, TrustedClock
 from edge.commands import Commands
 from edge.compartment import Emit
 from edge.config import BridgeHardware, SiteConfig
+from edge.control import ControlError, ControlServer
 from edge.denylist import DenylistStore
+from edge.device_key import DeviceKey
 from edge.forwarder import Forwarder
 from edge.gpio import build_pin_factory
 from edge.gpio_backend import GpioBackend
 from edge.link import LinkDown, LinkState, MqttLink, PublishRejected, backoff_delay
 from edge.locker_backend import LockerBackend, UnlockFailed
 from edge.lockers import LockerBank
+from edge.maintenance import CalibrationRefused, Maintenance
 from edge.outbox import EventClass, Outbox, StoredEvent
 from edge.reasons import CREDENTIAL_FAILURES, Reason
 from edge.remote_config import RemoteConfigStore
 from edge.replay import ReplayCache
+from edge.sensors import SensorMonitor
 from edge.site_documents import SiteDocuments
 from edge.throttle import FailureThrottle
 from edge.topics import DeviceTopics
@@ -118,6 +126,20 @@ class Agent:
         self._lockers: LockerBank | None = None
         self._locker_events: asyncio.Queue[tuple[Emit, Reading]] = asyncio.Queue()
         self._link_changes: asyncio.Queue[tuple[LinkState, str, Reading]] = asyncio.Queue()
+        self.device_key = DeviceKey.load_or_create(state_dir / "device.key")
+        self.calibration = CalibrationHistory(state_dir / "calibration.json")
+        self.sensors = {s.id: SensorMonitor(s, clock=self.clock.now, record=self.record,
+                                            calibration=self.calibration)
+                        for s in config.sensors}
+        self.bays = BatteryBays(config.batteries, key=self.device_key, device=config.device.id,
+                                site=config.device.site, clock=self.clock.now,
+                                record=self.record)
+        self.maintenance = Maintenance(
+            device=config.device.id, site=config.device.site, key=self.device_key,
+            history=self.calibration, sensors=self.sensors, policy=lambda: self._policy,
+            clock=self.clock.now, record=self.record)
+        self.control = ControlServer(state_dir / "control.sock", {
+            "status": self._control_status, "calibrate": self._control_calibrate})
         self.running = asyncio.Event()  # set once started: doors read, tasks starting
         self.reader_ready = asyncio.Event()  # set while the badge reader's port is open
 
@@ -131,9 +153,19 @@ class Agent:
             return
         owned = self._pin_factory is None  # a factory we build is ours to close
         pin_factory = build_pin_factory(hardware) if owned else self._pin_factory
+        relays = []
         try:
+            for monitor in self.bays.monitors.values():
+                if monitor.config.charger_pin is not None:
+                    relay = DigitalOutputDevice(monitor.config.charger_pin, initial_value=False,
+                                                pin_factory=pin_factory)
+                    relays.append(relay)
+                    monitor.attach_charger(relay)
             await self._run(GpioBackend(self.config.compartments, pin_factory), stop)
         finally:
+            for relay in relays:  # off: no charging without the agent watching
+                relay.off()
+                relay.close()
             if owned:
                 pin_factory.close()
 
@@ -152,6 +184,11 @@ class Agent:
                         tg.create_task(self.commands.run(), name="commands")
                         tg.create_task(self._republish_state(), name="state")
                         tg.create_task(self.documents.run(), name="documents")
+                        tg.create_task(self.control.run(), name="control")
+                        for sid, sensor in self.sensors.items():
+                            tg.create_task(sensor.run(), name=f"sensor:{sid}")
+                        for bid, battery in self.bays.monitors.items():
+                            tg.create_task(battery.run(), name=f"battery:{bid}")
                         tg.create_task(_raise_when_set(stop), name="stop")
                 except* _StopRequested:
                     log.info("stopping")
@@ -207,6 +244,8 @@ class Agent:
             decision = Decision(scan.compartment, Reason.LOCKED_OUT)
         else:
             decision = self._policy.decide(scan, now=now)
+        if decision.granted and decision.via == "badge":
+            decision = self.bays.gate(decision)
         if decision.granted and decision.badge is not None:
             decision = await self._consume_use(decision, now)
         # Durable before the coil: append returns after the commit. If storage has failed
@@ -234,6 +273,15 @@ class Agent:
             by = {} if decision.badge is None else {"member": decision.badge.member,
                                                      "badge_id": decision.badge.badge_id}
             await self.unlock(lockers, decision.compartment, by)
+
+    async def _control_status(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"state": await self.snapshot()}
+
+    async def _control_calibrate(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await self.maintenance.calibrate(request)
+        except CalibrationRefused as exc:
+            raise ControlError(str(exc)) from exc
 
     async def _consume_use(self, decision: Decision, now: Reading) -> Decision:
         """A limited badge's use, durably recorded, or the decision refused: used up, or
@@ -359,6 +407,10 @@ class Agent:
                        else round(max(0.0, now - stats.oldest_ts), 1),
                        "dropped": stats.dropped, "held_in_memory": stats.held_in_memory,
                        "fault": stats.fault},
+            "sensors": {sid: m.status() for sid, m in self.sensors.items()},
+            "batteries": {bid: m.status() for bid, m in self.bays.monitors.items()},
+            "device_key": {"kid": self.device_key.kid,
+                           "public_key": self.device_key.public_key_b64},
             "denylist_version": self.denylist.version,
             "trust_version": self.trust.version,
             "remote_config": self.remote_config.items,

@@ -233,6 +233,8 @@ class SensorConfig(_Frozen):
     warmup_s: float = Field(default=30.0, ge=0, le=300,
                             description="fan on this long before a sample (duty cycling)")
     duty_cycle: bool = Field(default=True, description="sleep between samples")
+    aggregate_s: int = Field(default=60, ge=1, le=3600,
+                             description="telemetry: one aggregate per this many seconds")
     read_timeout_s: float = Field(default=3.0, gt=0, le=60)
     stale_after_s: float | None = Field(default=None, gt=0,
                                         description="default: three intervals")
@@ -255,7 +257,7 @@ class BatteryConfig(_Frozen):
     url: str = Field(min_length=1)
     compartment: Identifier | None = Field(
         default=None, description="the battery bay: opens for a loan only if ready")
-    interval_s: float = Field(default=10.0, ge=0.5, le=3600)
+    interval_s: float = Field(default=10.0, ge=0.2, le=3600)
     absent_after_s: float = Field(default=30.0, gt=0, description="silent this long: gone")
     min_soc_pct: float = Field(default=80.0, ge=0, le=100)
     min_temp_c: float = Field(default=0.0, ge=-40, le=80)
@@ -332,6 +334,8 @@ class SiteConfig(_Frozen):
         for battery in self.batteries:
             if battery.compartment is not None and battery.compartment not in ids:
                 raise ValueError(f"battery {battery.id}: no compartment {battery.compartment}")
+            if battery.charger_pin is not None and isinstance(self.hardware, BridgeHardware):
+                raise ValueError(f"battery {battery.id}: charger_pin needs GPIO hardware")
         outputs = [str(c.solenoid_pin) for c in self.compartments]
         inputs = [str(p) for c in self.compartments for p in c.inputs().values()]
         if isinstance(self.hardware, BridgeHardware):  # outputs and inputs are numbered apart

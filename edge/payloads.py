@@ -82,6 +82,13 @@ class StateSnapshot(BaseModel):
         "locked", "unlocking", "unlocked", "open", "ajar", "held_open", "relocking", "forced",
         "unlock_failed", "fault"]] = Field(description="each compartment's state machine")
     hardware_link: bool = Field(description="false while the locker hardware is unreachable")
+    sensors: dict[str, dict[str, object]] = Field(
+        description="per sensor: kind, latest calibrated values, samples, problems, "
+                    "calibration coefficients")
+    batteries: dict[str, dict[str, object]] = Field(
+        description="per battery: present, ready, problems, latest reading, charging")
+    device_key: dict[str, str] = Field(
+        description="the device's record-signing key: kid and public_key (base64url)")
     outbox: OutboxState
     denylist_version: int = Field(ge=0, description="0: no denylist received yet")
     trust_version: int = Field(

@@ -41,6 +41,7 @@ class Reason(StrEnum):
     UNSIGNED = "unsigned"
     STORAGE_FAULT = "storage_fault"  # a use or a nonce could not be recorded: fail closed
     STALE_TIME = "stale_time"  # a signed time behind the time floor
+    BATTERY_NOT_READY = "battery_not_ready"  # the bay's battery may not go out on loan
 
 
 def fault_reason(fault: TokenFault, *, audience: Reason = Reason.WRONG_SITE) -> Reason:

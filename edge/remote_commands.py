@@ -1,5 +1,5 @@
 """The signed platform commands the agent executes: open, audit, set_time, set_config,
-refresh_state (docs/mqtt-api.md). :class:`edge.commands.Commands` has verified each one
+calibrate, refresh_state (docs/mqtt-api.md). :class:`edge.commands.Commands` has verified each one
 (signature, device, expiry, unreplayed) before a handler here runs; every handler
 records what it did as an audit event naming the operator.
 """
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from edge.commands import CommandError, Commands, Context
 from edge.config import SiteConfig
 from edge.events import EventClass
+from edge.maintenance import CalibrationRefused
 from edge.reasons import Reason
 from edge.remote_config import RemoteConfigError, apply_items
 
@@ -26,6 +27,7 @@ def register(commands: Commands, agent: Agent) -> None:
     commands.register("set_time", handlers.set_time)
     commands.register("set_config", handlers.set_config)
     commands.register("refresh_state", handlers.refresh_state)
+    commands.register("calibrate", handlers.calibrate)
 
 
 class RemoteCommands:
@@ -92,6 +94,14 @@ class RemoteCommands:
         await self._agent.record("time.set", {"signed_time": context.issued_at,
                                               "operator": context.operator}, EventClass.AUDIT)
         return {"floor": clock.floor, "quality": reading.quality.value}
+
+    async def calibrate(self, args: dict[str, Any], context: Context) -> dict[str, Any]:
+        """A calibration from the platform (co-location against a reference station):
+        the signed command is the authority, the operator is named in the record."""
+        try:
+            return await self._agent.maintenance.calibrate(args, operator=context.operator)
+        except CalibrationRefused as exc:
+            raise CommandError(str(exc)) from exc
 
     async def refresh_state(self, args: dict[str, Any], context: Context) -> dict[str, Any]:
         """Republish the retained ``…/state``."""

@@ -139,6 +139,7 @@ AGENT_LEVEL = {
         "test_signed_commands:test_signed_commands_act_once_and_bad_ones_are_refused",
     Reason.STORAGE_FAULT: "test_agent_access:test_a_use_that_cannot_be_recorded_is_refused",
     Reason.STALE_TIME: "test_signed_commands:test_a_signed_time_behind_the_floor_is_refused",
+    Reason.BATTERY_NOT_READY: "test_batteries:test_a_battery_bay_gates_the_loan_and_signs_the_swap",
 }
 
 

@@ -156,13 +156,15 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path, broker: MosquittoBroker) -
 
 
 def test_a_failing_agent_task_exits_1_with_its_reason(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     async def fail(self: Agent, stop: object) -> None:
         raise ExceptionGroup("tasks", [StorageError("outbox.db: disk I/O error")])
 
     monkeypatch.setattr(Agent, "run", fail)
-    assert main(["run", "-c", str(EXAMPLE)]) == 1
+    config = tmp_path / "site.toml"  # its state files go beside it, not into examples/
+    config.write_text(EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    assert main(["run", "-c", str(config)]) == 1
     assert "curbside: outbox.db: disk I/O error" in capsys.readouterr().err
 
 
