@@ -161,4 +161,3 @@ async def test_a_battery_bay_gates_the_loan_and_signs_the_swap(
     assert record.returned is not None
     assert state["batteries"]["bank-1"]["present"] is True
     assert state["device_key"]["kid"] == key.kid
-    _ = time

@@ -202,3 +202,38 @@ async def test_a_maintainer_calibrates_and_the_record_verifies(
     with pytest.raises(TokenRejected):
         RecordVerifier({key.kid: key.key.public_key()}, site="elm-street").verify_calibration(
             tampered)
+
+
+async def test_curbside_status_and_calibrate_against_the_running_agent(
+        tmp_path: Path, offline_site: Any, reader: Any) -> None:
+    """The maintainer's path on site: the CLI, the control socket, the agent, the record."""
+    from edge.cli import main  # noqa: PLC0415
+    from tests.test_agent import running  # noqa: PLC0415
+
+    site = offline_site
+    with Pms5003Sim(environment=flat(12.0), seed=5) as sim:
+        with site.config_path.open("a", encoding="utf-8") as fh:
+            fh.write(f'\n[[sensors]]\nid = "pm-1"\nkind = "pms5003"\nurl = "{sim.path}"\n'
+                     "interval_s = 1\nwarmup_s = 0\nduty_cycle = false\n")
+        badge = tmp_path / "badge.jws"
+        badge.write_text(site.badge("mia", permissions=("calibrate:pm-1",)))
+        async with running(site) as h:
+            monitor = h.agent.sensors["pm-1"]
+            async with asyncio.timeout(15):
+                while len(monitor.recent) < 5:  # noqa: ASYNC110  # no event for a sample
+                    await asyncio.sleep(0.05)
+            status = await asyncio.to_thread(main, ["status", "-c", str(site.config_path)])
+            calibrated = await asyncio.to_thread(main, [
+                "calibrate", "-c", str(site.config_path), "--sensor", "pm-1", "--method",
+                "span", "--reference", "10", "--tolerance", "1", "--badge-file", str(badge)])
+            refused = await asyncio.to_thread(main, [
+                "calibrate", "-c", str(site.config_path), "--sensor", "pm-1", "--method",
+                "zero", "--badge", site.badge("bo", groups=("hand-tools",))])
+            await h.until(lambda ev: any(e.type == "sensor.calibrated" for e in ev))
+    assert (status, calibrated, refused) == (0, 0, 1)
+    [event] = [e for e in h.events if e.type == "sensor.calibrated"]
+    key = h.agent.device_key
+    record = RecordVerifier({key.kid: key.key.public_key()},
+                            site="elm-street").verify_calibration(event.fields["record"])
+    assert (record.maintainer, record.method, record.passed) == ("mia", "span", True)
+    assert event.event_class is EventClass.AUDIT
