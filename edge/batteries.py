@@ -98,9 +98,9 @@ class BatteryMonitor:
         try:
             while True:
                 info = await self._ask(port, jbd_bms.read_basic_info(), messages,
-                                       jbd_bms.JbdBasicInfo)
+                                       jbd_bms.JbdBasicInfo, decoder)
                 cells = await self._ask(port, jbd_bms.read_cell_voltages(), messages,
-                                        jbd_bms.JbdCellVoltages)
+                                        jbd_bms.JbdCellVoltages, decoder)
                 if info is not None:
                     await self._update(BatteryState(
                         at=time.monotonic(), voltage_v=info.voltage_v,
@@ -116,7 +116,9 @@ class BatteryMonitor:
                 await reader
 
     async def _ask(self, port: AsyncSerialPort, request: bytes, messages: asyncio.Queue[Any],
-                   kind: type) -> Any:
+                   kind: type, decoder: jbd_bms.JbdDecoder) -> Any:
+        """Send a request and wait for its answer; after a silence, a partial frame held
+        back by the decoder (noise that looked like a header) is given up."""
         while not messages.empty():
             messages.get_nowait()
         port.write(request)
@@ -126,6 +128,9 @@ class BatteryMonitor:
                     message = await messages.get()
                     if isinstance(message, kind):
                         return message
+        for message in decoder.line_idle():
+            if isinstance(message, kind):
+                return message
         return None
 
     async def _decode(self, port: AsyncSerialPort, decoder: Any,
