@@ -272,7 +272,7 @@ class Agent:
         else:
             by = {} if decision.badge is None else {"member": decision.badge.member,
                                                      "badge_id": decision.badge.badge_id}
-            await self.unlock(lockers, decision.compartment, by)
+            await self.unlock(lockers, decision.compartment, by, loan=decision.via == "badge")
 
     async def _control_status(self, request: dict[str, Any]) -> dict[str, Any]:
         return {"state": await self.snapshot()}
@@ -298,12 +298,14 @@ class Agent:
             return decision.refused(Reason.STORAGE_FAULT)
 
     async def unlock(self, lockers: LockerBank, compartment: str,
-                      by: dict[str, Any]) -> int | None:
+                     by: dict[str, Any], *, loan: bool = False) -> int | None:
         """Operate ``compartment``'s lock (its grant already recorded); the pulse in ms, or
-        None if it failed (the bank has emitted ``locker.unlock_failed``)."""
+        None if it failed (the bank has emitted ``locker.unlock_failed``). ``loan``: a
+        member's own grant (a battery bay's loan starts only once its lock operated)."""
         try:
             pulse_ms: int | None = await lockers.unlock(compartment, by)
             self.stats.unlocks += 1
+            self.bays.opened(compartment, by if loan else None)
         except UnlockFailed:
             pulse_ms = None
         await self._locker_events.join()  # its events are recorded before what follows

@@ -47,14 +47,19 @@ class BatteryMonitor:
         self.present = False
         self._published = 0.0
         self._changed = asyncio.Event()
+        self._seen = False  # the first reading after start is not a return
+        self._ve_fields: dict[str, str] = {}
 
     def attach_charger(self, relay: Any) -> None:
         """The charger relay (a gpiozero output device, off), driven from now on."""
         self._charger = relay
 
     def readiness(self) -> list[str]:
-        """What keeps this battery from a loan now (empty: it may go)."""
-        return readiness(self.state, self.config, time.monotonic())
+        """What keeps this battery from a loan now (empty: it may go). A battery taken,
+        or a reading older than three intervals, is no battery to lend."""
+        fresh = min(self.config.absent_after_s, 3 * self.config.interval_s)
+        config = self.config.model_copy(update={"absent_after_s": fresh})
+        return readiness(self.state if self.present else None, config, time.monotonic())
 
     def status(self) -> dict[str, Any]:
         """For the state snapshot."""
@@ -97,6 +102,8 @@ class BatteryMonitor:
         reader = asyncio.ensure_future(self._decode(port, decoder, messages))
         try:
             while True:
+                if reader.done():  # the port went away under the reader
+                    raise SerialPortClosed(f"{self.config.url}: the port went away")
                 info = await self._ask(port, jbd_bms.read_basic_info(), messages,
                                        jbd_bms.JbdBasicInfo, decoder)
                 cells = await self._ask(port, jbd_bms.read_cell_voltages(), messages,
@@ -144,15 +151,19 @@ class BatteryMonitor:
         """A device with many fields sends them in several checksummed blocks: the
         latest value of every label is kept, and the state built from them all."""
         decoder = vedirect.VeDirectDecoder()
-        fields: dict[str, str] = {}
+        self._ve_fields.clear()
+        core_at = 0.0
         async for chunk in port:
             for message in decoder.feed(chunk):
                 if isinstance(message, vedirect.VeBlock):
-                    fields.update(message.fields)
-                    merged = vedirect.VeBlock(fields=dict(fields))
+                    self._ve_fields.update(message.fields)
+                    if not {"V", "SOC"} & message.fields.keys():
+                        continue  # a history block says nothing of the battery now
+                    core_at = time.monotonic()
+                    merged = vedirect.VeBlock(fields=dict(self._ve_fields))
                     protection = frozenset({"alarm"}) if merged.alarm else frozenset()
                     await self._update(BatteryState(
-                        at=time.monotonic(), voltage_v=merged.voltage_v,
+                        at=core_at, voltage_v=merged.voltage_v,
                         current_a=merged.current_a, soc_pct=merged.soc_pct,
                         temperatures_c=() if merged.temperature_c is None
                         else (merged.temperature_c,), protection=protection))
@@ -162,11 +173,17 @@ class BatteryMonitor:
         self._changed.set()
         if not self.present:
             self.present = True
-            await self._record("battery.returned", {"battery": self.config.id,
-                                                    "compartment": self.config.compartment,
-                                                    **state.fields()}, EventClass.AUDIT)
-            if self._on_returned is not None:
-                await self._on_returned(self, state)
+            if not self._seen:  # found at start: not a return
+                self._seen = True
+                await self._record("battery.present", {"battery": self.config.id,
+                                                       "compartment": self.config.compartment,
+                                                       **state.fields()}, EventClass.STATE)
+            else:
+                await self._record("battery.returned", {
+                    "battery": self.config.id, "compartment": self.config.compartment,
+                    **state.fields()}, EventClass.AUDIT)
+                if self._on_returned is not None:
+                    await self._on_returned(self, state)
         if state.at - self._published >= self.config.interval_s:
             self._published = state.at
             await self._record("battery.reading", {"battery": self.config.id,
@@ -191,6 +208,7 @@ class BatteryMonitor:
             except TimeoutError:
                 if self.present:
                     self.present = False
+                    self._ve_fields.clear()  # the next battery's values, not these
                     self._drive_charger()
                     await self._record("battery.taken", {"battery": self.config.id,
                                                          "compartment": self.config.compartment},

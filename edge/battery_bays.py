@@ -10,6 +10,7 @@ the member's micro-credential, recorded as a ``battery.swapped`` audit event.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from edge.events import EventClass
 from edge.reasons import Reason
 from provisioning.records import sign_swap
 
+log = logging.getLogger(__name__)
 Record = Callable[[str, dict[str, Any], EventClass], Awaitable[object]]
 
 
@@ -50,10 +52,18 @@ class BatteryBays:
         problems = battery.readiness()
         if problems:
             return decision.refused(Reason.BATTERY_NOT_READY, tuple(problems))
-        self._loans[decision.compartment] = (
-            {"member": decision.badge.member, "badge_id": decision.badge.badge_id},
-            battery.state)
         return decision
+
+    def opened(self, compartment: str, by: dict[str, Any] | None) -> None:
+        """The bay's lock was operated: for a member's loan (``by`` names them), the
+        loan starts; for anything else (service, audit, remote), any pending loan ends."""
+        battery = self.battery_of(compartment)
+        if battery is None:
+            return
+        if by is None:
+            self._loans.pop(compartment, None)
+        else:
+            self._loans[compartment] = (dict(by), battery.state)
 
     async def _returned(self, battery: BatteryMonitor, state: BatteryState) -> None:
         bay = battery.config.compartment
@@ -61,15 +71,24 @@ class BatteryBays:
         if loan is None or bay is None:
             return
         who, taken = loan
-        record = sign_swap(self._key.key, kid=self._key.kid, device=self._device,
-                           site=self._site, now=int(self._clock().ts), member=who["member"],
-                           badge_id=who["badge_id"], bay=bay,
-                           taken=None if taken is None else _claim(battery.config.id, taken),
-                           returned=_claim(battery.config.id, state))
+        try:
+            record = sign_swap(
+                self._key.key, kid=self._key.kid, device=self._device, site=self._site,
+                now=int(self._clock().ts), member=who["member"], badge_id=who["badge_id"],
+                bay=bay, taken=None if taken is None else _claim(battery.config.id, taken),
+                returned=_claim(battery.config.id, state))
+        except ValueError as exc:  # a reading the record cannot hold: say so, go on
+            log.error("swap record for %s not signed: %s", bay, exc)
+            await self._record("battery.swap_unsigned", {"compartment": bay, **who,
+                                                         "error": str(exc)[:200]},
+                               EventClass.ALARM)
+            return
         await self._record("battery.swapped", {"compartment": bay, **who, "record": record},
                            EventClass.AUDIT)
 
 
 def _claim(battery: str, state: BatteryState) -> dict[str, Any]:
-    return {"id": battery, "soc_pct": state.soc_pct, "cycles": state.cycles,
-            "voltage_v": state.voltage_v}
+    """What the record says of a battery: values out of their range are left out."""
+    soc = state.soc_pct if state.soc_pct is not None and 0 <= state.soc_pct <= 100 else None
+    volts = state.voltage_v if state.voltage_v is not None and state.voltage_v >= 0 else None
+    return {"id": battery, "soc_pct": soc, "cycles": state.cycles, "voltage_v": volts}

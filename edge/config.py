@@ -336,7 +336,8 @@ class SiteConfig(_Frozen):
                 raise ValueError(f"battery {battery.id}: no compartment {battery.compartment}")
             if battery.charger_pin is not None and isinstance(self.hardware, BridgeHardware):
                 raise ValueError(f"battery {battery.id}: charger_pin needs GPIO hardware")
-        outputs = [str(c.solenoid_pin) for c in self.compartments]
+        outputs = [str(c.solenoid_pin) for c in self.compartments] + [
+            str(b.charger_pin) for b in self.batteries if b.charger_pin is not None]
         inputs = [str(p) for c in self.compartments for p in c.inputs().values()]
         if isinstance(self.hardware, BridgeHardware):  # outputs and inputs are numbered apart
             if not all(isinstance(p, int) for c in self.compartments

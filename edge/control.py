@@ -46,6 +46,9 @@ class ControlServer:
         try:
             server = await asyncio.start_unix_server(self._serve, path=str(self.path),
                                                      limit=MAX_REQUEST_BYTES)
+        except OSError as exc:  # the lockers matter more than the local channel
+            log.error("control socket %s not available: %s", self.path, exc)
+            return
         finally:
             os.umask(old)
         try:

@@ -31,11 +31,12 @@ from edge.clock import Reading
 from edge.device_key import DeviceKey
 from edge.events import EventClass
 from edge.sensors import SensorMonitor
-from provisioning.records import sign_calibration
+from provisioning.records import MAX_POINTS, sign_calibration
 
 Record = Callable[[str, dict[str, Any], EventClass], Awaitable[object]]
 METRIC = "pm2_5"  # the channel fitted; the coefficients apply to every PM channel
 DEFAULT_SAMPLES = 5
+MIN_SAMPLES = 3
 DEFAULT_TOLERANCE = 2.0  # µg/m³
 
 
@@ -70,10 +71,22 @@ class Maintenance:
                                      f"{', '.join(sorted(self._sensors)) or 'none'})")
         who = self._authorise(request, sensor_id, operator)
         method = request.get("method")
-        if request.get("rollback"):
+        rollback = request.get("rollback", False)
+        if not isinstance(rollback, bool):
+            raise CalibrationRefused("rollback must be true or false")
+        if rollback:
             return await self._rollback(sensor_id, who)
+        if "stale" in monitor.health.problems:
+            raise CalibrationRefused(f"{sensor_id} is stale: no recent readings to calibrate")
+        tolerance = _number(request.get("tolerance", DEFAULT_TOLERANCE), "tolerance")
+        if tolerance < 0:
+            raise CalibrationRefused("tolerance must not be negative")
+        if request.get("model", "linear") not in ("linear", "piecewise"):
+            raise CalibrationRefused("model must be linear or piecewise")
         raw, reference = self._pairs(monitor, method, request)
-        tolerance = float(request.get("tolerance", DEFAULT_TOLERANCE))
+        ceiling = 10 * monitor.config.max_ugm3
+        if not all(0 <= r <= ceiling for r in reference):
+            raise CalibrationRefused(f"reference values must be within 0..{ceiling:g} µg/m³")
         before = self._history.current(sensor_id)
         try:
             after = self._fit(method, raw, reference, before, request)
@@ -118,14 +131,19 @@ class Maintenance:
         """The most recent raw readings, paired with the reference values."""
         recent = [r.values[METRIC] for r in monitor.recent if METRIC in r.values]
         if method in ("zero", "span"):
-            count = int(request.get("samples", DEFAULT_SAMPLES))
+            count = request.get("samples", DEFAULT_SAMPLES)
+            if isinstance(count, bool) or not isinstance(count, int) \
+                    or not MIN_SAMPLES <= count <= MAX_POINTS:
+                raise CalibrationRefused(f"samples must be an integer in {MIN_SAMPLES}.."
+                                         f"{MAX_POINTS}")
             value = 0.0 if method == "zero" else _number(request.get("reference"), "reference")
             reference = [value] * count
         elif method == "colocation":
             given = request.get("reference")
-            if not isinstance(given, list) or len(given) < 3:
-                raise CalibrationRefused("co-location needs a list of at least 3 reference "
-                                         "values, one per recent reading, oldest first")
+            if not isinstance(given, list) or not MIN_SAMPLES <= len(given) <= MAX_POINTS:
+                raise CalibrationRefused(f"co-location needs a list of {MIN_SAMPLES} to "
+                                         f"{MAX_POINTS} reference values, one per recent "
+                                         "reading, oldest first")
             reference = [_number(v, "reference") for v in given]
         else:
             raise CalibrationRefused("method must be zero, span or colocation")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -119,11 +120,16 @@ class SensorMonitor:
 
     async def _sample_forever(self, port: AsyncSerialPort, started: float) -> None:
         decoder = self.driver.decoder()
+        self._counted = (0, 0)  # a fresh decoder counts from zero
         reader = asyncio.ensure_future(self._decode(port, decoder))
         try:
             for command in self.driver.setup:
                 port.write(command)
+            if not self.config.duty_cycle:  # it may have been left asleep
+                port.write(self.driver.wake)
             while True:
+                if reader.done():  # the port went away under the reader
+                    raise SerialPortClosed(f"{self.config.url}: the port went away")
                 await self._sample_once(port)
                 await self._count(decoder)
                 await self._health(self.health.tick(time.monotonic(), since=started))
@@ -132,6 +138,8 @@ class SensorMonitor:
                                         - (self.config.warmup_s if self.config.duty_cycle
                                            else 0.0)))
         finally:
+            with contextlib.suppress(SerialPortClosed):
+                port.write(self.driver.sleep)  # left asleep: the fan is spared meanwhile
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, SerialPortClosed):
                 await reader
@@ -168,7 +176,9 @@ class SensorMonitor:
         self.recent.append(RawReading(now.ts, dict(raw)))
         await self._health(self.health.reading(time.monotonic(), raw))
         coefficients = self._calibration.current(self.config.id)
-        self.latest = {k: round(coefficients.apply(v), 2) for k, v in raw.items()}
+        calibrated = {k: coefficients.apply(v) for k, v in raw.items()}
+        # A calibration gone wild must not put Infinity into the telemetry.
+        self.latest = {k: round(v, 2) for k, v in calibrated.items() if math.isfinite(v)}
         for minute in self._aggregate.add(now.ts, self.latest):
             await self._record("sensor.minute", {"sensor": self.config.id, **minute},
                                EventClass.TELEMETRY)

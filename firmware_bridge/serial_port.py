@@ -77,7 +77,10 @@ class AsyncSerialPort:
         """Write ``data`` (small control writes only; the port buffers them)."""
         if self._serial is None:
             raise SerialPortClosed(f"{self.url} is closed")
-        self._serial.write(data)
+        try:
+            self._serial.write(data)
+        except (serial.SerialException, OSError) as exc:  # unplugged: EIO, ENXIO...
+            raise SerialPortClosed(f"{self.url}: write failed: {exc}") from exc
 
     def _read_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         port = self._serial

@@ -166,8 +166,8 @@ class Battery(BaseModel):
 
     model_config = ConfigDict(frozen=True, populate_by_name=True, extra="forbid")
     battery_id: Name = Field(alias="id")
-    soc_pct: Number = Field(ge=0, le=100)
-    cycles: int = Field(ge=0, strict=True)
+    soc_pct: Number | None = Field(default=None, ge=0, le=100)  # None: not reported
+    cycles: int | None = Field(default=None, ge=0, strict=True)  # (a shunt has no count)
     voltage_v: Number | None = Field(default=None, ge=0)
 
 
