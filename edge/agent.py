@@ -36,6 +36,7 @@ from edge.device_key import DeviceKey
 from edge.forwarder import Forwarder
 from edge.gpio import build_pin_factory
 from edge.gpio_backend import GpioBackend
+from edge.health import HealthWatch
 from edge.link import LinkDown, LinkState, MqttLink, PublishRejected, backoff_delay
 from edge.locker_backend import LockerBackend, UnlockFailed
 from edge.lockers import LockerBank
@@ -44,6 +45,7 @@ from edge.outbox import EventClass, Outbox, StoredEvent
 from edge.reasons import CREDENTIAL_FAILURES, Reason
 from edge.remote_config import RemoteConfigStore
 from edge.replay import ReplayCache
+from edge.sdnotify import Notifier
 from edge.sensors import SensorMonitor
 from edge.site_documents import SiteDocuments
 from edge.throttle import FailureThrottle
@@ -140,6 +142,9 @@ class Agent:
             clock=self.clock.now, record=self.record)
         self.control = ControlServer(state_dir / "control.sock", {
             "status": self._control_status, "calibrate": self._control_calibrate})
+        self.health = HealthWatch(Notifier(), {
+            "outbox": self.outbox.stuck,
+            "lockers": lambda: None if self._lockers is None else self._lockers.stuck()})
         self.running = asyncio.Event()  # set once started: doors read, tasks starting
         self.reader_ready = asyncio.Event()  # set while the badge reader's port is open
 
@@ -176,12 +181,21 @@ class Agent:
                 await self._start(self._lockers)
                 try:
                     async with asyncio.TaskGroup() as tg:
-                        tg.create_task(self.link.run(), name="link")
-                        tg.create_task(self.forwarder.run(), name="forwarder")
-                        tg.create_task(self._read_badges(self._lockers), name="reader")
-                        tg.create_task(self._record_lockers(), name="lockers")
+                        critical = {
+                            "link": tg.create_task(self.link.run(), name="link"),
+                            "forwarder": tg.create_task(self.forwarder.run(),
+                                                        name="forwarder"),
+                            "reader": tg.create_task(self._read_badges(self._lockers),
+                                                     name="reader"),
+                            "lockers": tg.create_task(self._record_lockers(),
+                                                      name="lockers"),
+                        }
                         tg.create_task(self._record_link(), name="link-events")
-                        tg.create_task(self.commands.run(), name="commands")
+                        critical["commands"] = tg.create_task(self.commands.run(),
+                                                              name="commands")
+                        for name, task in critical.items():
+                            self.health.watch(name, task)
+                        tg.create_task(self.health.run(), name="health")
                         tg.create_task(self._republish_state(), name="state")
                         tg.create_task(self.documents.run(), name="documents")
                         tg.create_task(self.control.run(), name="control")

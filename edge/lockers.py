@@ -23,7 +23,7 @@ from typing import Any
 
 from edge.coil import DutyBudget
 from edge.compartment import CompartmentMachine, Emit, State, Timers
-from edge.config import CompartmentConfig
+from edge.config import MAX_PULSE_MS, CompartmentConfig
 from edge.locker_backend import LockerBackend, LockFault, UnlockFailed
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class LockerBank:
         self._coil = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._operating: float | None = None  # when the lock being operated started
         self._compartments = {c.id: self._build(c) for c in configs}
 
     def _build(self, config: CompartmentConfig) -> _Compartment:
@@ -122,6 +123,7 @@ class LockerBank:
         loop = asyncio.get_running_loop()
         async with self._coil:
             started = loop.time()
+            self._operating = started
             self._dispatch(c, c.machine.grant(started, by or {}))
             try:
                 actual = await self._operate(c, started)
@@ -129,6 +131,8 @@ class LockerBank:
                 log.warning("unlock of %s failed: %s", compartment_id, exc)
                 self._dispatch(c, c.machine.unlock_failed(loop.time(), str(exc)))
                 raise
+            finally:
+                self._operating = None
         self._dispatch(c, c.machine.tick(loop.time()))
         if c.machine.has_feedback:  # decided now that the feedback has had its chance
             emits = c.machine.unlocked(loop.time(), round(actual * 1000))
@@ -172,6 +176,15 @@ class LockerBank:
         if c.machine.has_feedback:  # let a feedback edge at the pulse's end settle
             await asyncio.sleep(c.machine.timers.debounce_s + FEEDBACK_GRACE_S)
         return actual
+
+    def stuck(self) -> str | None:
+        """Why the bank is not working, if it is not: an unlock that has lasted far
+        longer than any pulse may (the coil lock never released). For the watchdog."""
+        if self._operating is not None and self._loop is not None:
+            busy = self._loop.time() - self._operating
+            if busy > MAX_PULSE_MS / 1000 + 10:
+                return f"an unlock has been in progress for {busy:.0f}s"
+        return None
 
     # -- what the bank knows ----------------------------------------------------------
 

@@ -115,6 +115,7 @@ class Outbox:
         self._queue: list[_Pending] = []
         self._queued = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._progress = time.monotonic()  # the writer's last sign of life
         self._write_lock = asyncio.Lock()
         self._next_seq = 1
         self._audit_head = GENESIS
@@ -280,6 +281,15 @@ class Outbox:
                         future)
 
     # --- the writer ---------------------------------------------------------------------
+    def stuck(self, after_s: float = 15.0) -> str | None:
+        """Why the writer is not doing its job, if it is not: gone, or events waiting
+        while nothing was committed for ``after_s``. For the watchdog."""
+        if self._writer is None or self._writer.done():
+            return "the outbox writer is not running"
+        if self._queue and time.monotonic() - self._progress > after_s:
+            return f"{len(self._queue)} event(s) waiting, nothing committed for {after_s:g}s"
+        return None
+
     async def _write_loop(self) -> None:
         try:
             await self._write_forever()
@@ -303,6 +313,7 @@ class Outbox:
             else:
                 await self._queued.wait()
             self._queued.clear()
+            self._progress = time.monotonic()
             while self._queue:
                 batch = self._queue[:MAX_BATCH]
                 stored = [self._stamp(p) for p in batch]
@@ -311,6 +322,7 @@ class Outbox:
                 for pending, event in zip(batch, stored, strict=True):
                     if pending.future is not None and not pending.future.done():
                         pending.future.set_result(event)
+                self._progress = time.monotonic()
                 # One turn of the loop: the producers just woken queue their next events,
                 # so the next commit carries all of them (group commit), not a trickle.
                 await asyncio.sleep(0)
