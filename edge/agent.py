@@ -18,6 +18,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gpiozero import DigitalOutputDevice
@@ -29,10 +30,11 @@ from edge.calibration import CalibrationHistory
 from edge.clock import Reading, TrustedClock
 from edge.commands import Commands
 from edge.compartment import Emit
-from edge.config import BridgeHardware, SiteConfig
+from edge.config import BridgeHardware, SiteConfig, load_config
 from edge.control import ControlError, ControlServer
 from edge.denylist import DenylistStore
 from edge.device_key import DeviceKey
+from edge.errors import ConfigError
 from edge.forwarder import Forwarder
 from edge.gpio import build_pin_factory
 from edge.gpio_backend import GpioBackend
@@ -396,6 +398,40 @@ class Agent:
             for compartment in config.compartments:
                 self._lockers.set_pulse(compartment.id, compartment.pulse_ms / 1000)
         self._state_changed.set()
+
+    async def reload(self, path: Path) -> None:
+        """SIGHUP: read the configuration file again. An invalid one changes nothing and
+        raises ``config.reload_refused``; a valid one applies what can change while
+        running (the policy: access, clock leeway, compartments' pulse, skills and group,
+        with the remote items still on top) and ``config.reloaded`` names the sections
+        that only a restart applies."""
+        try:
+            fresh = self.remote_config.apply_to(load_config(path))
+        except ConfigError as exc:
+            log.error("configuration reload refused, the running one stays:\n%s", exc)
+            await self.record("config.reload_refused", {"error": str(exc)[:1000]},
+                              EventClass.ALARM)
+            return
+        live = self._live_part(fresh)
+        restart = sorted(k for k, v in fresh.model_dump(mode="json").items()
+                         if v != live.model_dump(mode="json")[k])
+        self.apply_config(live)
+        log.info("configuration reloaded%s", f"; restart to apply {restart}" if restart else "")
+        await self.record("config.reloaded", {"restart_needed": restart}, EventClass.AUDIT)
+
+    def _live_part(self, fresh: SiteConfig) -> SiteConfig:
+        """The running configuration with what can change live taken from ``fresh``."""
+        current = self.config
+        live_compartments = []
+        fresh_by_id = {c.id: c for c in fresh.compartments}
+        for c in current.compartments:
+            f = fresh_by_id.get(c.id)
+            live_compartments.append(c if f is None else c.model_copy(update={
+                "pulse_ms": f.pulse_ms, "skills": f.skills, "group": f.group}))
+        return current.model_copy(update={
+            "access": fresh.access,
+            "trust": current.trust.model_copy(update={"leeway_s": fresh.trust.leeway_s}),
+            "compartments": tuple(live_compartments)})
 
     def _on_message(self, message: Any) -> None:
         kind = {self.topics.denylist: "denylist", self.topics.trust: "trust"}.get(message.topic)

@@ -88,14 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    return asyncio.run(_run_agent(Agent(config)))
+    return asyncio.run(_run_agent(Agent(config), args.config))
 
 
-async def _run_agent(agent: Agent) -> int:
+async def _run_agent(agent: Agent, config_path: Path | None = None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+    if config_path is not None:
+        def reload() -> None:
+            task = loop.create_task(agent.reload(config_path))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+        loop.add_signal_handler(signal.SIGHUP, reload)
     await agent.run(stop)
     return 0
 

@@ -23,7 +23,7 @@ from edge.outbox import Outbox
 from provisioning.badges import BadgeVerifier
 from provisioning.keys import public_key_from_b64
 from simulators import demo as demo_module
-from simulators.broker import MosquittoBroker
+from simulators.broker import MosquittoBroker, free_port
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "virtual-site.toml"
 
@@ -182,3 +182,41 @@ async def test_audit_verify_reports_intact_and_broken_chains(
         db.commit()
     assert main(["audit", "verify", "--db", str(db_path)]) == 1
     assert "BROKEN at seq 3" in capsys.readouterr().out
+
+
+def test_sighup_reloads_a_valid_config_and_keeps_the_old_on_an_invalid_one(
+        tmp_path: Path) -> None:
+    # Offline (nothing listens on the port), so every event stays in the outbox to be read.
+    config = EXAMPLE.read_text(encoding="utf-8").replace("port = 1883", f"port = {free_port()}")
+    path = tmp_path / "site.toml"
+    path.write_text(config, encoding="utf-8")
+    agent = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "-c", str(path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert agent.stderr is not None
+
+    def wait_for(text: str) -> None:
+        assert agent.stderr is not None
+        for line in agent.stderr:
+            if text in line:
+                return
+        raise AssertionError(f"the agent ended before logging {text!r}")
+
+    try:
+        wait_for("unreachable (attempt 1)")  # the link task runs: the agent is up
+        path.write_text(config.replace("[device]", "[device]\nbogus = 1"), encoding="utf-8")
+        agent.send_signal(signal.SIGHUP)
+        wait_for("configuration reload refused")
+        path.write_text(config.replace("keepalive_s = 10", "keepalive_s = 20")
+                        if "keepalive_s = 10" in config else config + "\n", encoding="utf-8")
+        agent.send_signal(signal.SIGHUP)
+        wait_for("configuration reloaded")
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=30)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    assert agent.returncode == 0, err
+    with sqlite3.connect(tmp_path / "virtual-site.db") as db:
+        types = [row[0] for row in db.execute("SELECT type FROM events ORDER BY seq")]
+    assert "config.reload_refused" in types
+    assert "config.reloaded" in types

@@ -121,3 +121,21 @@ def test_the_units_exposure_score_is_at_most_2_5(tmp_path: Path) -> None:
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert match is not None, result.stdout + result.stderr
     assert float(match.group(1)) <= 2.5, result.stdout
+
+
+async def test_reload_applies_the_policy_live_and_names_what_needs_a_restart(
+        offline_site: VirtualSite, reader: PtyBadgeReader) -> None:
+    from tests.test_agent import has, running  # noqa: PLC0415
+
+    site = offline_site
+    text = site.config_path.read_text(encoding="utf-8")
+    async with running(site) as h:
+        site.config_path.write_text(
+            text.replace("keepalive_s = 10", "keepalive_s = 20")
+            + "\n[access]\nlockout_s = 33\n", encoding="utf-8")
+        await h.agent.reload(site.config_path)
+        await h.until(has("config.reloaded"))
+    [event] = [e for e in h.events if e.type == "config.reloaded"]
+    assert event.fields["restart_needed"] == ["mqtt"]
+    assert h.agent.config.access.lockout_s == 33
+    assert h.agent.config.mqtt.keepalive_s == 10  # the link is not rebuilt while running
