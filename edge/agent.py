@@ -143,7 +143,8 @@ class Agent:
             history=self.calibration, sensors=self.sensors, policy=lambda: self._policy,
             clock=self.clock.now, record=self.record)
         self.control = ControlServer(state_dir / "control.sock", {
-            "status": self._control_status, "calibrate": self._control_calibrate})
+            "status": self._control_status, "queue": self._control_queue,
+            "calibrate": self._control_calibrate})
         self.health = HealthWatch(Notifier(), {
             "outbox": self.outbox.stuck,
             "lockers": lambda: None if self._lockers is None else self._lockers.stuck()})
@@ -292,6 +293,9 @@ class Agent:
 
     async def _control_status(self, request: dict[str, Any]) -> dict[str, Any]:
         return {"state": await self.snapshot()}
+
+    async def _control_queue(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"outbox": (await self.snapshot())["outbox"], "link": self.link.state.value}
 
     async def _control_calibrate(self, request: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -1,5 +1,6 @@
-"""``curbside status`` and ``curbside calibrate``: talking to the running agent through
-its local control socket (``control.sock`` beside the outbox; owner-only)."""
+"""``curbside status``, ``curbside queue`` and ``curbside calibrate``: talking to the
+running agent through its local control socket (``control.sock`` beside the outbox;
+owner-only)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ def register(sub: Parsers) -> None:
     status = sub.add_parser("status", help="the running agent's state, as JSON")
     status.add_argument("-c", "--config", type=Path, required=True, help="site TOML file")
     status.set_defaults(handler=_status)
+
+    queue = sub.add_parser("queue", help="the outbox: depth and age per class, the link")
+    queue.add_argument("-c", "--config", type=Path, required=True, help="site TOML file")
+    queue.set_defaults(handler=_queue)
 
     calibrate = sub.add_parser("calibrate", help="calibrate a sensor (maintainers)")
     calibrate.add_argument("-c", "--config", type=Path, required=True, help="site TOML file")
@@ -58,6 +63,21 @@ def _status(args: argparse.Namespace) -> int:
     reply = _ask(args.config, {"op": "status"})
     print(json.dumps(reply.get("state", reply), indent=2))
     return 0 if reply.get("ok") else 1
+
+
+def _queue(args: argparse.Namespace) -> int:
+    reply = _ask(args.config, {"op": "queue"})
+    if not reply.get("ok"):
+        print(f"curbside: {reply.get('error')}")
+        return 1
+    outbox, link = reply["outbox"], reply["link"]
+    print(f"link {link}; {outbox['depth']} event(s) waiting, the oldest "
+          f"{outbox['oldest_age_s'] if outbox['oldest_age_s'] is not None else '-'} s old")
+    for name, depth in outbox["by_class"].items():
+        print(f"  {name:<10} {depth:>8} event(s) {outbox['bytes_by_class'].get(name, 0):>12} bytes")
+    if outbox.get("fault"):
+        print(f"storage fault: {outbox['fault']}")
+    return 0
 
 
 def _calibrate(args: argparse.Namespace) -> int:

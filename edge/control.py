@@ -15,6 +15,8 @@ import contextlib
 import json
 import logging
 import os
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -60,7 +62,12 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            reply = await self._answer(reader)
+            uid = _peer_uid(writer)
+            if uid not in (os.getuid(), 0):  # the file mode already says so: and again
+                log.warning("control socket: refused a connection from uid %s", uid)
+                reply: dict[str, Any] = {"ok": False, "error": "not the agent's user"}
+            else:
+                reply = await self._answer(reader)
             writer.write(json.dumps(reply, separators=(",", ":")).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -88,6 +95,17 @@ class ControlServer:
         except Exception as exc:  # one bad request must never stop the agent
             log.exception("control request failed")
             return {"ok": False, "error": f"internal error: {type(exc).__name__}"}
+
+
+def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
+    """The connecting process's user (SO_PEERCRED), None if the system will not say."""
+    sock = writer.get_extra_info("socket")
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return None
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
 
 
 async def request(path: Path, body: dict[str, Any], *, timeout_s: float = 30.0) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import stat
 from pathlib import Path
 from typing import Any
@@ -64,3 +66,28 @@ async def test_garbage_does_not_stop_the_server(server: Path) -> None:
     assert b"false" in await reader.readline()
     writer.close()
     assert (await request(server, {"op": "echo", "value": 1}))["ok"] is True
+
+
+def test_another_user_cannot_connect(server: Path) -> None:
+    """Owner-only: a process of another user is refused by the socket's mode."""
+    if os.getuid() != 0:  # cannot become another user: check what protects the socket
+        info = server.stat()
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (os.getuid(), 0o600)
+        return
+    child = os.fork()
+    if child == 0:  # the child becomes nobody and tries
+        code = 3
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            probe.connect(str(server))
+            code = 1  # connected: the mode did not protect it
+        except PermissionError:
+            code = 0
+        except OSError:
+            code = 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -223,6 +223,7 @@ async def test_curbside_status_and_calibrate_against_the_running_agent(
                 while len(monitor.recent) < 5:  # noqa: ASYNC110  # no event for a sample
                     await asyncio.sleep(0.05)
             status = await asyncio.to_thread(main, ["status", "-c", str(site.config_path)])
+            queue = await asyncio.to_thread(main, ["queue", "-c", str(site.config_path)])
             calibrated = await asyncio.to_thread(main, [
                 "calibrate", "-c", str(site.config_path), "--sensor", "pm-1", "--method",
                 "span", "--reference", "10", "--tolerance", "1", "--badge-file", str(badge)])
@@ -230,7 +231,7 @@ async def test_curbside_status_and_calibrate_against_the_running_agent(
                 "calibrate", "-c", str(site.config_path), "--sensor", "pm-1", "--method",
                 "zero", "--badge", site.badge("bo", groups=("hand-tools",))])
             await h.until(lambda ev: any(e.type == "sensor.calibrated" for e in ev))
-    assert (status, calibrated, refused) == (0, 0, 1)
+    assert (status, queue, calibrated, refused) == (0, 0, 0, 1)
     [event] = [e for e in h.events if e.type == "sensor.calibrated"]
     key = h.agent.device_key
     record = RecordVerifier({key.kid: key.key.public_key()},
