@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from edge import __version__, cli_control, cli_signing
+from edge import __version__, cli_control, cli_pki, cli_signing
 from edge.agent import Agent
 from edge.audit_chain import verify_outbox
 from edge.config import load_config
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(handler=_cmd_issuer_init)
 
     cli_signing.register(sub, parse_duration)
+    cli_pki.register(sub)
     cli_control.register(sub)
 
     for plugin in entry_points(group="curbside.commands"):

@@ -1,0 +1,96 @@
+"""TLS certificates on the command line: a development CA, the broker's certificate,
+device requests and their signing, and the claim-based enrolment service.
+
+``curbside pki ca|broker|csr|sign-csr`` and ``curbside provision serve|enrol``. Private
+keys are written 0600 and never printed. The library behind them is
+:mod:`provisioning.device_tls` and :mod:`provisioning.enrolment`; docs/enrolment.md
+describes the flow.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+from provisioning.device_tls import (
+    CA_CERT_FILE,
+    DEVICE_DAYS,
+    create_ca,
+    load_ca,
+    load_or_create_tls_key,
+    make_csr,
+    sign_csr,
+    write_certificate,
+)
+from provisioning.pki import issue
+
+Parsers = Any  # argparse's private _SubParsersAction
+
+
+def register(sub: Parsers) -> None:
+    """Add ``pki ca``, ``pki broker``, ``pki csr``, ``pki sign-csr`` and ``provision``."""
+    pki = sub.add_parser("pki", help="TLS certificates for the broker and devices"
+                         ).add_subparsers(dest="pki_command", required=True, metavar="ACTION")
+    ca = pki.add_parser("ca", help="create a development CA in DIR (ca.pem, ca.key 0600)")
+    ca.add_argument("directory", type=Path, metavar="DIR")
+    ca.add_argument("--name", required=True, help="the CA's common name")
+    ca.add_argument("--days", type=int, default=3650)
+    ca.set_defaults(handler=_ca)
+
+    broker = pki.add_parser("broker", help="a broker certificate in DIR (broker.pem, .key)")
+    broker.add_argument("directory", type=Path, metavar="DIR")
+    broker.add_argument("--ca", type=Path, required=True, help="CA directory")
+    broker.add_argument("--host", action="append", required=True,
+                        help="a DNS name or IP address clients connect to; repeatable")
+    broker.add_argument("--days", type=int, default=825)
+    broker.set_defaults(handler=_broker)
+
+    csr = pki.add_parser("csr", help="on the device: a request for its TLS key (made if absent)")
+    csr.add_argument("--key", type=Path, required=True, help="the device's TLS key file")
+    csr.add_argument("--device", required=True, help="device id (the certificate's CN)")
+    csr.add_argument("--site", help="site id, carried as OU (the CA keeps only the CN)")
+    csr.add_argument("--out", type=Path, required=True)
+    csr.set_defaults(handler=_csr)
+
+    sign = pki.add_parser("sign-csr", help="sign a device request: CN kept, client auth only")
+    sign.add_argument("csr", type=Path, metavar="CSR")
+    sign.add_argument("--ca", type=Path, required=True, help="CA directory")
+    sign.add_argument("--out", type=Path, required=True, help="certificate file (0644)")
+    sign.add_argument("--device", help="refuse unless the CN is this device id")
+    sign.add_argument("--days", type=int, default=DEVICE_DAYS)
+    sign.set_defaults(handler=_sign_csr)
+
+
+
+def _ca(args: argparse.Namespace) -> int:
+    ca = create_ca(args.directory, args.name, days=args.days)
+    print(f"{args.directory / CA_CERT_FILE}  {ca.cert.subject.rfc4514_string()}")
+    return 0
+
+
+def _broker(args: argparse.Namespace) -> int:
+    ca = load_ca(args.ca)
+    hosts = tuple(args.host)
+    cert_path, key_path = issue(ca, hosts[0], server_names=hosts, days=args.days).write(
+        args.directory, "broker")
+    print(f"{cert_path}  {key_path}  for {', '.join(hosts)}")
+    return 0
+
+
+def _csr(args: argparse.Namespace) -> int:
+    key = load_or_create_tls_key(args.key)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(make_csr(key, args.device, args.site))
+    print(args.out)
+    return 0
+
+
+def _sign_csr(args: argparse.Namespace) -> int:
+    ca = load_ca(args.ca)
+    cert = sign_csr(ca, args.csr.read_bytes(), expected_id=args.device, days=args.days)
+    write_certificate(args.out, cert.public_bytes(serialization.Encoding.PEM))
+    print(f"{args.out}  {cert.subject.rfc4514_string()}")
+    return 0
