@@ -10,6 +10,7 @@ describes the flow.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from provisioning.device_tls import (
     sign_csr,
     write_certificate,
 )
+from provisioning.enrolment import EnrolmentService
+from provisioning.enrolment_mqtt import ClientTls
 from provisioning.pki import issue
 
 Parsers = Any  # argparse's private _SubParsersAction
@@ -63,6 +66,8 @@ def register(sub: Parsers) -> None:
     sign.add_argument("--days", type=int, default=DEVICE_DAYS)
     sign.set_defaults(handler=_sign_csr)
 
+    _register_provision(sub)
+
 
 
 def _ca(args: argparse.Namespace) -> int:
@@ -93,4 +98,32 @@ def _sign_csr(args: argparse.Namespace) -> int:
     cert = sign_csr(ca, args.csr.read_bytes(), expected_id=args.device, days=args.days)
     write_certificate(args.out, cert.public_bytes(serialization.Encoding.PEM))
     print(f"{args.out}  {cert.subject.rfc4514_string()}")
+    return 0
+
+
+def _register_provision(sub: Parsers) -> None:
+    provision = sub.add_parser("provision", help="claim-based enrolment over MQTT"
+                               ).add_subparsers(dest="provision_command", required=True,
+                                                metavar="ACTION")
+    serve = provision.add_parser("serve", help="sign enrolment requests from the broker")
+    serve.add_argument("--ca", type=Path, required=True, help="CA directory")
+    serve.add_argument("--broker", required=True, metavar="HOST:PORT")
+    serve.add_argument("--tls", type=Path, required=True, metavar="DIR",
+                       help="the service's identity: DIR/ca.pem (the broker's CA), "
+                            "DIR/provisioner.pem and DIR/provisioner.key")
+    serve.add_argument("--registry", type=Path, help="device registry (default: CA/devices.json)")
+    serve.add_argument("--days", type=int, default=DEVICE_DAYS)
+    serve.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    host, _, port = args.broker.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--broker: expected HOST:PORT, got {args.broker!r}")
+    tls = ClientTls(ca_file=args.tls / CA_CERT_FILE, cert_file=args.tls / "provisioner.pem",
+                     key_file=args.tls / "provisioner.key")
+    service = EnrolmentService(load_ca(args.ca), args.registry or args.ca / "devices.json",
+                               host, int(port), tls, days=args.days)
+    print(f"serving enrolment requests on {args.broker}", file=sys.stderr)
+    service.serve_forever()
     return 0
