@@ -1,7 +1,7 @@
 """TLS certificates on the command line: a development CA, the broker's certificate,
 device requests and their signing, and the claim-based enrolment service.
 
-``curbside pki ca|broker|csr|sign-csr`` and ``curbside provision serve|enrol``. Private
+``curbside pki ca|broker|client|csr|sign-csr`` and ``curbside provision serve``. Private
 keys are written 0600 and never printed. The library behind them is
 :mod:`provisioning.device_tls` and :mod:`provisioning.enrolment`; docs/enrolment.md
 describes the flow.
@@ -30,11 +30,12 @@ from provisioning.enrolment import EnrolmentService
 from provisioning.enrolment_mqtt import ClientTls
 from provisioning.pki import issue
 
+SERVICE_IDENTITIES = frozenset({"claim", "provisioner", "platform"})  # as deploy/mosquitto/acl
 Parsers = Any  # argparse's private _SubParsersAction
 
 
 def register(sub: Parsers) -> None:
-    """Add ``pki ca``, ``pki broker``, ``pki csr``, ``pki sign-csr`` and ``provision``."""
+    """Add ``pki ca|broker|client|csr|sign-csr`` and ``provision serve``."""
     pki = sub.add_parser("pki", help="TLS certificates for the broker and devices"
                          ).add_subparsers(dest="pki_command", required=True, metavar="ACTION")
     ca = pki.add_parser("ca", help="create a development CA in DIR (ca.pem, ca.key 0600)")
@@ -50,6 +51,14 @@ def register(sub: Parsers) -> None:
                         help="a DNS name or IP address clients connect to; repeatable")
     broker.add_argument("--days", type=int, default=825)
     broker.set_defaults(handler=_broker)
+
+    client = pki.add_parser("client", help="a service identity in DIR (NAME.pem, NAME.key): "
+                            "claim, provisioner or platform")
+    client.add_argument("directory", type=Path, metavar="DIR")
+    client.add_argument("--ca", type=Path, required=True, help="CA directory")
+    client.add_argument("--name", required=True, choices=sorted(SERVICE_IDENTITIES))
+    client.add_argument("--days", type=int, default=825)
+    client.set_defaults(handler=_client)
 
     csr = pki.add_parser("csr", help="on the device: a request for its TLS key (made if absent)")
     csr.add_argument("--key", type=Path, required=True, help="the device's TLS key file")
@@ -82,6 +91,13 @@ def _broker(args: argparse.Namespace) -> int:
     cert_path, key_path = issue(ca, hosts[0], server_names=hosts, days=args.days).write(
         args.directory, "broker")
     print(f"{cert_path}  {key_path}  for {', '.join(hosts)}")
+    return 0
+
+
+def _client(args: argparse.Namespace) -> int:
+    cert_path, key_path = issue(load_ca(args.ca), args.name, days=args.days).write(
+        args.directory, args.name)
+    print(f"{cert_path}  {key_path}")
     return 0
 
 

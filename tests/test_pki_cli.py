@@ -117,3 +117,15 @@ def test_a_device_id_that_would_escape_its_acl_is_refused(device_id: str) -> Non
 def test_sign_csr_refuses_garbage(ca_dir: Path) -> None:
     with pytest.raises(CsrRejected, match="not a PEM"):
         sign_csr(load_ca(ca_dir), b"-----BEGIN CERTIFICATE REQUEST-----\nxx\n")
+
+
+def test_pki_client_makes_the_claim_identity_for_the_broker_acl(ca_dir: Path,
+                                                                tmp_path: Path) -> None:
+    assert main(["pki", "client", str(tmp_path / "svc"), "--ca", str(ca_dir),
+                 "--name", "claim"]) == 0
+    assert mode(tmp_path / "svc" / "claim.key") == 0o600
+    cert = x509.load_pem_x509_certificate((tmp_path / "svc" / "claim.pem").read_bytes())
+    verify_issued_by(cert, load_ca(ca_dir).cert)
+    assert cn(cert) == "claim"
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
