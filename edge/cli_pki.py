@@ -16,6 +16,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
+from edge.config import load_config
+from edge.device_key import DeviceKey
+from edge.signed_store import Update
+from edge.trust import TrustStore
 from provisioning.device_tls import (
     CA_CERT_FILE,
     DEVICE_DAYS,
@@ -26,7 +30,7 @@ from provisioning.device_tls import (
     sign_csr,
     write_certificate,
 )
-from provisioning.enrolment import EnrolmentService
+from provisioning.enrolment import EnrolmentService, enrol
 from provisioning.enrolment_mqtt import ClientTls
 from provisioning.pki import issue
 
@@ -130,6 +134,44 @@ def _register_provision(sub: Parsers) -> None:
     serve.add_argument("--registry", type=Path, help="device registry (default: CA/devices.json)")
     serve.add_argument("--days", type=int, default=DEVICE_DAYS)
     serve.set_defaults(handler=_serve)
+
+    enrol_cmd = provision.add_parser("enrol", help="on the device: get its own certificate "
+                                                   "with the shared claim identity")
+    enrol_cmd.add_argument("-c", "--config", type=Path, required=True, help="site TOML file")
+    enrol_cmd.add_argument("--claim", type=Path, required=True, metavar="DIR",
+                           help="DIR/ca.pem (the broker's CA), DIR/claim.pem, DIR/claim.key")
+    enrol_cmd.add_argument("--timeout", type=float, default=30.0)
+    enrol_cmd.set_defaults(handler=_enrol)
+
+    install = provision.add_parser("install-trust", help="install a signed trust bundle "
+                                                         "(docs/badges.md) on this device")
+    install.add_argument("-c", "--config", type=Path, required=True, help="site TOML file")
+    install.add_argument("bundle", type=Path, help="a file holding the bundle (compact JWS)")
+    install.set_defaults(handler=_install_trust)
+
+
+def _enrol(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    state = config.storage.path.parent
+    # The key the device signs its records with is the one the service registers.
+    signing = DeviceKey.load_or_create(state / "device.key")
+    cert = enrol(config.mqtt.host, config.mqtt.port, args.claim / CA_CERT_FILE,
+                 args.claim / "claim.pem", args.claim / "claim.key", config.device.id,
+                 config.device.site, state, args.timeout, signing_key=signing.key)
+    print(f"enrolled {config.device.id}: certificate {cert}; use it in {args.config}:\n")
+    print(f'[mqtt.tls]\nca_file = "{args.claim / CA_CERT_FILE}"\ncert_file = "{cert}"\n'
+          f'key_file = "{state / "tls.key"}"')
+    return 0
+
+
+def _install_trust(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    store = TrustStore(config.storage.path.parent / "trust.jws", config.trust,
+                       site=config.device.site)
+    result = store.update(args.bundle.read_text(encoding="ascii").strip())
+    print(f"trust bundle {result.outcome.value}: version {result.version}"
+          + (f" ({result.detail})" if result.detail else ""))
+    return 0 if result.outcome in (Update.APPLIED, Update.SAME) else 1
 
 
 def _serve(args: argparse.Namespace) -> int:

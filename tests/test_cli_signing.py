@@ -102,3 +102,26 @@ def test_issuer_init_prints_the_section_for_its_role(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["issuer", "init", str(tmp_path / "r"), "--role", "root"]) == 0
     assert "[[trust.root_keys]]" in capsys.readouterr().out
+
+
+def test_provision_install_trust_installs_newer_and_refuses_older(
+        tmp_path: Path, keys: dict[str, Issuer], capsys: pytest.CaptureFixture[str]) -> None:
+    from simulators.site import write_site  # noqa: PLC0415
+
+    site = write_site(tmp_path / "site", broker_port=1883, reader_url="loop://")
+    root = keys["root"]
+    with site.config_path.open("a", encoding="utf-8") as fh:
+        fh.write(f'\n[[trust.root_keys]]\nkid = "{root.kid}"\npublic_key = "{root.public_key}"\n')
+    bundles = {}
+    for version in (3, 2):
+        bundles[version] = tmp_path / f"bundle-{version}.jws"
+        bundles[version].write_text(signed(
+            capsys, "trust", "issue", "--root", str(tmp_path / "root"), "--site", "elm-street",
+            "--version", str(version), "--issuer-key", str(tmp_path / "issuer")))
+    assert main(["provision", "install-trust", "-c", str(site.config_path),
+                 str(bundles[3])]) == 0
+    assert "applied: version 3" in capsys.readouterr().out
+    assert main(["provision", "install-trust", "-c", str(site.config_path),
+                 str(bundles[2])]) == 1
+    assert "rollback" in capsys.readouterr().out
+    assert (site.directory / "trust.jws").exists()
