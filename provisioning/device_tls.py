@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from provisioning.errors import KeyFileError, ProvisioningError
+from provisioning.keys import write_secret_pem
 from provisioning.pki import Credential, make_ca
 
 CA_CERT_FILE = "ca.pem"
@@ -58,14 +59,7 @@ def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError as exc:
-        raise KeyFileError(f"{path}: already exists; refusing to overwrite a key") from exc
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-        fh.flush()
-        os.fsync(fh.fileno())
+    write_secret_pem(path, pem)
 
 
 def read_key(path: Path) -> ec.EllipticCurvePrivateKey:

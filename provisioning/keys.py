@@ -75,11 +75,16 @@ def thumbprint_kid(key: Ed25519PublicKey) -> str:
 
 def write_private_key(path: Path, key: Ed25519PrivateKey) -> None:
     """Write ``key`` as unencrypted PKCS#8 PEM, created 0600; refuse to overwrite."""
-    pem = key.private_bytes(
+    write_secret_pem(path, key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
-    )
+    ))
+
+
+def write_secret_pem(path: Path, pem: bytes) -> None:
+    """Create ``path`` 0600 from the first instant with ``pem``, fsynced; never replace a
+    file that exists (:class:`KeyFileError`): a key is not overwritten by accident."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError as exc:

@@ -12,20 +12,17 @@ method and property is thread-safe.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import pty
 import random
-import select
 import threading
 import time
-import tty
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Generic, Self, TypeVar
 
 from firmware_bridge import pms5003, sds011
+from simulators.pty_line import PtyLine
 
 __all__ = ["Environment", "Pms5003Sim", "Sds011Sim", "diesel_truck", "pollution_episode",
            "steady", "wood_smoke_evening"]
@@ -106,7 +103,7 @@ class _CommandFramer(Generic[_C]):
         self._buffer.clear()
 
 
-class _PtySensor(Generic[_C]):
+class _PtySensor(ABC, Generic[_C]):
     """The pty, the thread, the clock and the faults; subclasses speak the protocol."""
 
     def __init__(self, environment: Environment | None, seed: int, speed: float,
@@ -123,11 +120,8 @@ class _PtySensor(Generic[_C]):
         self._last: dict[str, float] | None = None
         self._unplugged = self._closing = False
         self._frames_sent = self._frames_corrupted = self._commands = 0
-        self._master, self._slave = pty.openpty()
-        tty.setraw(self._slave)  # no echo, no line editing: bytes pass as a UART would
-        os.set_blocking(self._master, False)  # nobody reading: bytes are lost, as on a UART
-        self.path = os.ttyname(self._slave)
-        self._wake_r, self._wake_w = os.pipe()
+        self._line = PtyLine()
+        self.path = self._line.path
         self._started = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"{type(self).__name__}:"
                                         f"{self.path}", daemon=True)
@@ -199,9 +193,7 @@ class _PtySensor(Generic[_C]):
         self._wake()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
-        for fd in (self._master, self._slave, self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):  # already closed
-                os.close(fd)
+        self._line.close()
 
     def __enter__(self) -> Self:
         return self
@@ -213,12 +205,13 @@ class _PtySensor(Generic[_C]):
 
     # --- for the protocol subclasses (called with the lock held) ------------------------
 
+    @abstractmethod
     def _on_command(self, command: _C, now: float) -> None:
-        raise NotImplementedError
+        """A valid command from the agent, at simulated time ``now``."""
 
+    @abstractmethod
     def _tick(self, now: float) -> float:
         """Send what is due at ``now``; return when next to be called (simulated s)."""
-        raise NotImplementedError
 
     def _air(self, now: float) -> dict[str, float]:
         """The concentrations the sensor measures at ``now`` (stuck ones if stuck)."""
@@ -243,12 +236,10 @@ class _PtySensor(Generic[_C]):
     # --- the thread ---------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):  # nobody reading: lost
-            os.write(self._master, data)
+        self._line.send(data)
 
     def _wake(self) -> None:
-        with contextlib.suppress(OSError):  # closed: nobody to wake
-            os.write(self._wake_w, b"\x01")
+        self._line.wake()
 
     def _run(self) -> None:
         while True:
@@ -258,17 +249,10 @@ class _PtySensor(Generic[_C]):
                 now = self.elapsed_s
                 due = self._tick(now) if not self._unplugged else math.inf
                 timeout = min(max(0.0, (due - now) / self._speed), 0.5)
-            ready, _, _ = select.select([self._master, self._wake_r], [], [], timeout)
-            if self._wake_r in ready:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wake_r, 4096)
-            if self._master in ready:
-                try:
-                    data = os.read(self._master, 4096)
-                except BlockingIOError:
-                    continue
-                except OSError:  # the pty is gone
-                    return
+            data = self._line.receive(timeout)
+            if data is None:  # the pty is gone
+                return
+            if data:
                 with self._lock:
                     if self._unplugged:
                         continue

@@ -10,15 +10,11 @@ their effects are tabled in docs/battery-protocols.md. Random choices come from 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
-import pty
 import random
-import select
 import threading
 import time
-import tty
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -37,6 +33,7 @@ from firmware_bridge.jbd_bms import (
     encode_hardware_version,
 )
 from firmware_bridge.vedirect import encode_block, hex_frame
+from simulators.pty_line import PtyLine
 
 __all__ = ["BatteryModel", "BatterySnapshot", "JbdBmsSim", "Phase", "VeDirectSim",
            "discharge_and_charge_curve"]
@@ -273,7 +270,7 @@ class BatteryModel:
             return self._snap
 
 
-class _PtyDevice:
+class _PtyDevice(ABC):
     """A pty, a seeded generator, one daemon thread, and the faults both simulators share."""
 
     def __init__(self, model: BatteryModel | None, seed: int, name: str) -> None:
@@ -283,21 +280,19 @@ class _PtyDevice:
         self.frames_corrupted = 0
         self._rng = random.Random(seed)  # noqa: S311  # fault injection, not cryptography
         self._lock = threading.RLock()
-        self._master, self._slave = pty.openpty()
-        tty.setraw(self._slave)  # no echo, no line editing: bytes pass as a UART would
-        os.set_blocking(self._master, False)  # nobody reading: bytes are lost, as on a UART
-        self.path = os.ttyname(self._slave)
+        self._line = PtyLine()
+        self.path = self._line.path
         self._stuck: BatterySnapshot | None = None
         self._unplugged = False
-        self._wake_r, self._wake_w = os.pipe()
         self._closing = threading.Event()
         self._written: deque[bytes] = deque(maxlen=64)
         self._thread = threading.Thread(target=self._run, name=f"{name}:{self.path}",
                                         daemon=True)
         self._thread.start()
 
+    @abstractmethod
     def _run(self) -> None:
-        raise NotImplementedError
+        """The device's thread: until ``_closing`` is set."""
 
     @property
     def written(self) -> list[bytes]:
@@ -335,20 +330,14 @@ class _PtyDevice:
 
     def _write(self, data: bytes) -> None:
         self._written.append(data)
-        view = memoryview(data)
-        with contextlib.suppress(BlockingIOError, OSError):  # nobody reading: lost
-            while view:
-                view = view[os.write(self._master, view):]
+        self._line.send(data)
 
     def close(self) -> None:
         """Stop the thread and close the pty. Idempotent."""
         self._closing.set()
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"\x01")
+        self._line.wake()
         self._thread.join(timeout=5)
-        for fd in (self._master, self._slave, self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):  # already closed
-                os.close(fd)
+        self._line.close()
 
     def __enter__(self) -> Self:
         return self
@@ -455,15 +444,11 @@ class JbdBmsSim(_PtyDevice):
 
     def _run(self) -> None:
         while not self._closing.is_set():
-            ready, _, _ = select.select([self._master, self._wake_r], [], [], 0.5)
-            if self._master not in ready:
-                continue
-            try:
-                data = os.read(self._master, 4096)
-            except BlockingIOError:
-                continue
-            except OSError:  # the pty is gone
+            data = self._line.receive(0.5)
+            if data is None:  # the pty is gone
                 return
+            if not data:
+                continue
             with self._lock:
                 for request in self._requests.feed(data):
                     if isinstance(request, JbdRequest):

@@ -11,14 +11,9 @@ test layer around it: tests drive the physical side (``set_input``), watch the o
 
 from __future__ import annotations
 
-import contextlib
-import os
-import pty
 import random
-import select
 import threading
 import time
-import tty
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +21,7 @@ from types import TracebackType
 from typing import Generic, Self, TypeVar, overload
 
 from simulators.mcu_firmware import EVENT_QUEUE, RECENT_COMMANDS, McuFirmware, McuStats
+from simulators.pty_line import PtyLine
 
 __all__ = ["EVENT_QUEUE", "RECENT_COMMANDS", "McuEmulator", "McuStats", "OutputChange"]
 
@@ -111,11 +107,8 @@ class McuEmulator:
         # Boot ids and fault injection draw from one generator: a seed replays both.
         self._rng = random.Random(seed)  # noqa: S311  # fault injection, not cryptography
         self._lock = threading.RLock()
-        self._master, self._slave = pty.openpty()
-        tty.setraw(self._slave)  # no echo, no line editing: bytes pass as a UART would
-        os.set_blocking(self._master, False)  # nobody reading: bytes are lost, as on a UART
-        self.path = os.ttyname(self._slave)
-        self._wake_r, self._wake_w = os.pipe()
+        self._line = PtyLine()
+        self.path = self._line.path
         self._thread: threading.Thread | None = None
         self._closing = False
         self._actions: deque[tuple[Callable[[], None], threading.Event]] = deque()
@@ -143,9 +136,7 @@ class McuEmulator:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        for fd in (self._master, self._slave, self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):  # already closed
-                os.close(fd)
+        self._line.close()
 
     def __enter__(self) -> McuEmulator:
         return self.start()
@@ -210,8 +201,7 @@ class McuEmulator:
     # --- the thread ---------------------------------------------------------------------
 
     def _wake(self) -> None:
-        with contextlib.suppress(OSError):  # closed: nobody to wake
-            os.write(self._wake_w, b"\x01")
+        self._line.wake()
 
     def _call(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the firmware thread (so callbacks fire there); wait for it."""
@@ -238,17 +228,10 @@ class McuEmulator:
                     done.set()
                 self._fw.tick(time.monotonic())
                 timeout = max(0.0, self._fw.next_deadline() - time.monotonic())
-            ready, _, _ = select.select([self._master, self._wake_r], [], [], min(timeout, 0.5))
-            if self._wake_r in ready:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wake_r, 4096)
-            if self._master in ready:
-                try:
-                    data = os.read(self._master, 4096)
-                except BlockingIOError:
-                    continue
-                except OSError:  # the pty is gone
-                    return
+            data = self._line.receive(min(timeout, 0.5))
+            if data is None:  # the pty is gone
+                return
+            if data:
                 if self._byte_s:
                     time.sleep(len(data) * self._byte_s)  # the bytes arriving at line speed
                 with self._lock:
@@ -272,8 +255,7 @@ class McuEmulator:
     def _send_raw(self, data: bytes) -> None:
         if self._byte_s:
             time.sleep(len(data) * self._byte_s)  # the UART shifting the bytes out
-        with contextlib.suppress(BlockingIOError, OSError):  # nobody reading: lost
-            os.write(self._master, data)
+        self._line.send(data)
 
     def _damage(self, data: bytes) -> bytes:
         roll = self._rng.random()
