@@ -91,6 +91,9 @@ def register(sub: Parsers, parse_duration: Any) -> None:
                         metavar="KEY[@FROM/UNTIL]", help=_KEY_HELP)
     bundle.add_argument("--command-key", action="append", default=[],
                         metavar="KEY[@FROM/UNTIL]", help=_KEY_HELP)
+    bundle.add_argument("--broker-ca", action="append", default=[], type=Path, metavar="PEM",
+                        help="a CA certificate devices trust for the broker; repeatable "
+                             "(they replace broker-ca.pem on each device)")
     bundle.set_defaults(handler=_trust_issue)
 
     command = sub.add_parser("command", help="sign platform commands").add_subparsers(
@@ -139,7 +142,8 @@ def _trust_issue(args: argparse.Namespace) -> int:
     print(issue_trust_bundle(
         root.key, kid=root.kid, issuer=root.name, site=args.site, version=args.version,
         now=int(time.time()), issuer_keys=[key_grant(k) for k in args.issuer_key],
-        command_keys=[key_grant(k) for k in args.command_key]))
+        command_keys=[key_grant(k) for k in args.command_key],
+        broker_cas=[path.read_text(encoding="ascii") for path in args.broker_ca]))
     return 0
 
 

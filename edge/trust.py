@@ -6,18 +6,26 @@ configured ``[[trust.root_keys]]`` replaces both sets once installed, and surviv
 restarts (``trust.jws`` beside the outbox); an older bundle is refused. Without root keys
 no bundle is accepted. :attr:`TrustStore.version` (0: the configuration's keys) is
 reported in ``state``.
+
+A bundle that lists broker CAs (``cas``) also rewrites ``broker-ca.pem`` beside it, the
+file ``[mqtt.tls] ca_file`` names on an enrolled device (``curbside provision enrol`` makes
+it): the broker's CA can rotate without touching the configuration. The TLS context is
+built at start, so a new CA is used from the next start.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from edge.atomic import write_atomically
 from edge.config import IssuerKey, TrustConfig
-from edge.signed_store import SignedStore, UpdateResult
+from edge.signed_store import SignedStore, Update, UpdateResult
 from provisioning.errors import TokenFault, TokenRejected
 from provisioning.keys import public_key_from_b64
 from provisioning.tokens import TrustedKey
 from provisioning.trust import TrustBundle, TrustBundleVerifier
+
+BROKER_CA_FILE = "broker-ca.pem"
 
 
 def key_ring(keys: tuple[IssuerKey, ...]) -> dict[str, TrustedKey]:
@@ -29,6 +37,7 @@ class TrustStore:
     """Issuer and command keys in force, and the trust bundle that set them (if any)."""
 
     def __init__(self, path: Path, trust: TrustConfig, *, site: str) -> None:
+        self.broker_ca_path = path.with_name(BROKER_CA_FILE)
         self._config_issuers = key_ring(trust.issuers)
         self._config_commands = key_ring(trust.command_keys)
         roots = key_ring(trust.root_keys)
@@ -57,6 +66,12 @@ class TrustStore:
         """Verify and, if newer, install ``token``; the key rings change at once."""
         result = self._store.update(token)
         self._rings = None
+        bundle = self._store.current
+        if bundle is not None and bundle.broker_cas and result.outcome in (Update.APPLIED,
+                                                                          Update.SAME):
+            pems = "".join(bundle.broker_cas)
+            if not self.broker_ca_path.exists() or self.broker_ca_path.read_text() != pems:
+                write_atomically(self.broker_ca_path, pems)
         return result
 
     def _current(self) -> tuple[dict[str, TrustedKey], dict[str, TrustedKey]]:

@@ -2,11 +2,14 @@
 
 Identity layer, no I/O beyond key and certificate files. The device makes its own EC P-256
 key (written 0600, never logged, never leaves the device) and a certificate signing request
-whose common name is the device id; the CA signs it keeping only that common name, for
-client authentication. The broker takes the common name as the MQTT username
-(``use_identity_as_username``), so a device id must be safe inside an MQTT topic.
+whose common name is its identity, ``<site>/<device>``; the CA signs it keeping only that
+common name, for client authentication. The broker takes the common name as the MQTT
+username (``use_identity_as_username``) and its ACL turns it into the one subtree the
+device may use, ``curbside/v1/<site>/<device>/#``: the certificate binds the device to its
+site as well as to its id. Site and device ids must each be safe as an MQTT topic level.
 
-CA directory layout (``curbside pki ca``): ``ca.pem`` (certificate) and ``ca.key`` (0600).
+CA directory layout (``curbside pki ca``): ``ca.pem`` (certificate), ``ca.key`` (0600) and
+``crl.pem`` (the revocation list, :mod:`provisioning.crl`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from provisioning.crl import CRL_FILE, write_crl
 from provisioning.errors import KeyFileError, ProvisioningError
 from provisioning.keys import write_secret_pem
 from provisioning.pki import Credential, make_ca
@@ -52,6 +56,24 @@ def check_device_id(device_id: str) -> str:
     if device_id.lower() in RESERVED_IDS:
         raise ValueError(f"device id {device_id!r} is reserved for the broker's own identities")
     return device_id
+
+
+def device_identity(site: str, device_id: str) -> str:
+    """The certificate CN (and broker username) of ``device_id`` at ``site``."""
+    try:
+        check_device_id(site)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("device id", "site id", 1)) from exc
+    return f"{site}/{check_device_id(device_id)}"
+
+
+def split_identity(identity: str) -> tuple[str, str]:
+    """``(site, device)`` of a device identity; ValueError if it is not one."""
+    site, slash, device = identity.partition("/")
+    if not slash:
+        raise ValueError(f"identity {identity!r}: expected <site>/<device>")
+    device_identity(site, device)
+    return site, device
 
 
 def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
@@ -91,13 +113,11 @@ def load_or_create_tls_key(path: Path) -> ec.EllipticCurvePrivateKey:
     return read_key(path)
 
 
-def make_csr(key: ec.EllipticCurvePrivateKey, device_id: str, site: str | None = None) -> bytes:
-    """A PEM certificate signing request: CN = ``device_id``, OU = ``site`` if given."""
-    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, check_device_id(device_id))]
-    if site:
-        attributes.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, site))
+def make_csr(key: ec.EllipticCurvePrivateKey, device_id: str, site: str) -> bytes:
+    """A PEM certificate signing request whose CN is ``<site>/<device_id>``."""
+    name = x509.NameAttribute(NameOID.COMMON_NAME, device_identity(site, device_id))
     csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name(attributes))
+           .subject_name(x509.Name([name]))
            .sign(key, hashes.SHA256()))
     return csr.public_bytes(serialization.Encoding.PEM)
 
@@ -110,6 +130,7 @@ def create_ca(directory: Path, name: str, *, days: int = 3650) -> Credential:
     ca = make_ca(name, days=days)
     write_key(directory / CA_KEY_FILE, ca.key)
     (directory / CA_CERT_FILE).write_bytes(ca.cert_pem())
+    write_crl(ca, directory / CRL_FILE)  # empty: the broker's crlfile must exist
     return ca
 
 
@@ -139,8 +160,8 @@ def sign_csr(ca: Credential, csr_pem: bytes, *, expected_id: str | None = None,
     """Sign a device's request: subject = its CN only, client authentication only.
 
     Raises :class:`CsrRejected` when the request is malformed, its self-signature fails,
-    its key is not EC P-256, its CN is not a usable device id, or (``expected_id``) the
-    CN is not the device that asked.
+    its key is not EC P-256, its CN is not a device identity (``<site>/<device>``), or
+    (``expected_id``) the CN is not the identity of the device that asked.
     """
     if not 1 <= days <= MAX_DEVICE_DAYS:
         raise CsrRejected(f"validity of {days} days; expected 1 to {MAX_DEVICE_DAYS}")
@@ -157,12 +178,12 @@ def sign_csr(ca: Credential, csr_pem: bytes, *, expected_id: str | None = None,
         raise CsrRejected("the request's key is not EC P-256")
     common_name = csr_common_name(csr)
     try:
-        check_device_id(common_name)
+        split_identity(common_name)
     except ValueError as exc:
         raise CsrRejected(str(exc)) from exc
     if expected_id is not None and common_name != expected_id:
         raise CsrRejected(f"the request's common name {common_name!r} is not the device "
-                          f"id {expected_id!r}")
+                          f"identity {expected_id!r}")
     return _client_certificate(ca, common_name, public_key, days)
 
 

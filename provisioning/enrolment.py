@@ -7,7 +7,9 @@ Protocol layer plus its two ends. The device, connected with the claim certifica
     {"device", "site", "csr" (PEM), "signing_key" (Ed25519, base64url), "nonce",
      "proof" (Ed25519 signature, base64url, over proof_message(...))}
 
-The :class:`EnrolmentService` signs the CSR if its CN is the device id of the topic,
+The :class:`EnrolmentService` signs the CSR if its CN is ``<site>/<device>`` for the
+request's site and the topic's device (the broker's ACL turns that CN into the device's one
+subtree, so the certificate binds it to its site),
 records the signing key in a JSON registry, and answers on ``…/reply`` with
 ``{"device", "nonce", "ok": true, "certificate", "chain"}`` or ``{"device", "nonce",
 "ok": false, "reason", "detail"}``. The proof shows the device holds the signing key, so
@@ -33,10 +35,12 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
 
 from provisioning.device_tls import (
     CsrRejected,
     check_device_id,
+    device_identity,
     load_or_create_tls_key,
     make_csr,
     sign_csr,
@@ -76,10 +80,11 @@ class Refusal(StrEnum):
     """Why the service refused a request. Values are stable: they travel in replies."""
 
     MALFORMED = "malformed"
-    DEVICE_MISMATCH = "device_mismatch"  # the CSR's CN or the body's device is not the topic's
+    DEVICE_MISMATCH = "device_mismatch"  # CSR's CN is not <site>/<device>, or body ≠ topic
     BAD_CSR = "bad_csr"
     BAD_PROOF = "bad_proof"
     ALREADY_ENROLLED = "already_enrolled"  # the id is registered with another signing key
+    RETIRED = "retired"  # the id was retired (its certificates revoked): never again
 
 
 class EnrolmentRefused(ProvisioningError, PermissionError):
@@ -149,11 +154,15 @@ def _sign(ca: Credential, registry: DeviceRegistry, topic_device: str, body: dic
     except ValueError as exc:
         raise EnrolmentRefused(Refusal.MALFORMED, str(exc)) from exc
     try:
-        certificate = sign_csr(ca, csr.encode(), expected_id=device, days=days)
+        certificate = sign_csr(ca, csr.encode(), expected_id=device_identity(site, device),
+                               days=days)
     except CsrRejected as exc:
-        reason = Refusal.DEVICE_MISMATCH if "is not the device id" in str(exc) else (
+        reason = Refusal.DEVICE_MISMATCH if "is not the device identity" in str(exc) else (
             Refusal.BAD_CSR)
         raise EnrolmentRefused(reason, str(exc)) from exc
+    if registry.retired(device):
+        raise EnrolmentRefused(Refusal.RETIRED, f"{device} was retired and its certificates "
+                               "revoked; enrol the hardware under a new device id")
     known = registry.signing_key(device)
     if known is not None and known != public_key_b64(signing_key):
         raise EnrolmentRefused(Refusal.ALREADY_ENROLLED,
@@ -198,11 +207,11 @@ class EnrolmentService:
     def stop(self) -> None:
         self.session.close()
 
-    def serve_forever(self) -> None:
-        """Run until interrupted (Ctrl-C, SIGTERM through the CLI)."""
+    def serve_forever(self, stop: threading.Event | None = None) -> None:
+        """Run until ``stop`` is set (the CLI sets it on SIGTERM and SIGINT)."""
         self.start()
         try:
-            threading.Event().wait()
+            (stop or threading.Event()).wait()
         finally:
             self.stop()
 
@@ -217,16 +226,19 @@ class EnrolmentService:
 def enrol(  # noqa: PLR0917  # the documented call: broker, trust, claim, identity, state
           broker_host: str, port: int, ca_file: Path, claim_cert: Path, claim_key: Path,
           device_id: str, site: str, state_dir: Path, timeout_s: float = 30.0,
-          *, signing_key: Ed25519PrivateKey | None = None) -> Path:
-    """Enrol this device; return the path of its new certificate (``state_dir/tls.pem``).
+          *, signing_key: Ed25519PrivateKey | None = None, key_file: Path | None = None,
+          cert_file: Path | None = None) -> Path:
+    """Enrol this device; return the path of its new certificate (``cert_file``, by
+    default ``state_dir/tls.pem``).
 
-    The TLS key (``state_dir/tls.key``, 0600) is made here if absent and never leaves the
-    device; the Ed25519 signing key defaults to ``state_dir/signing.key`` (made if absent).
+    The TLS key (``key_file``, by default ``state_dir/tls.key``, 0600) is made here if
+    absent and never leaves the device; the Ed25519 signing key defaults to
+    ``state_dir/signing.key`` (made if absent).
     Raises :class:`EnrolmentRefused` (with the service's reason), :class:`EnrolmentTimeout`,
     or :class:`SessionError` when the broker is unreachable or refuses the claim.
     """
     check_device_id(device_id)
-    key = load_or_create_tls_key(state_dir / TLS_KEY_FILE)
+    key = load_or_create_tls_key(key_file or state_dir / TLS_KEY_FILE)
     signer = signing_key or _load_or_create_signing_key(state_dir / SIGNING_KEY_FILE)
     csr = make_csr(key, device_id, site)
     nonce = secrets.token_urlsafe(24)
@@ -246,8 +258,8 @@ def enrol(  # noqa: PLR0917  # the documented call: broker, trust, claim, identi
             reason = Refusal.MALFORMED
         raise EnrolmentRefused(reason, str(reply.get("detail", "")))
     pem = str(reply.get("certificate", "")).encode()
-    _check_certificate(pem, key.public_key(), device_id, ca_file)
-    path = state_dir / TLS_CERT_FILE
+    _check_certificate(pem, key.public_key(), device_identity(site, device_id), ca_file)
+    path = cert_file or state_dir / TLS_CERT_FILE
     write_certificate(path, pem)
     return path
 
@@ -268,7 +280,7 @@ def _await_reply(session: TlsSession, nonce: str, timeout_s: float) -> dict[str,
     raise EnrolmentTimeout(f"no enrolment reply within {timeout_s}s")
 
 
-def _check_certificate(pem: bytes, public_key: Any, device_id: str, ca_file: Path) -> None:
+def _check_certificate(pem: bytes, public_key: Any, identity: str, ca_file: Path) -> None:
     try:
         cert = x509.load_pem_x509_certificate(pem)
         cas = x509.load_pem_x509_certificates(ca_file.read_bytes())
@@ -276,8 +288,10 @@ def _check_certificate(pem: bytes, public_key: Any, device_id: str, ca_file: Pat
         raise ProvisioningError(f"the reply's certificate does not parse: {exc}") from exc
     if cert.public_key() != public_key:
         raise ProvisioningError("the reply's certificate is not for this device's key")
-    if cert.subject.rfc4514_string() != f"CN={device_id}":
-        raise ProvisioningError(f"the reply's certificate names {cert.subject.rfc4514_string()}")
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(cert.subject) != 1 or len(names) != 1 or names[0].value != identity:
+        raise ProvisioningError(f"the reply's certificate names {cert.subject.rfc4514_string()}"
+                                f", not CN={identity}")
     errors = []
     for ca in cas:
         try:

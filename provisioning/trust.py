@@ -4,7 +4,10 @@ A trust bundle is a compact JWS with ``typ: curbside-trust+jwt``, signed by a *r
 key that each device pins in its configuration, for one site (``aud``), with a monotonic
 version (``ver``). It lists the badge issuer keys (``isk``) and the platform command keys
 (``cmk``), each with an optional validity window (``nbf``/``exp``, Unix seconds), which is
-how keys rotate: the new key is added with a start time, the old one given an end. A
+how keys rotate: the new key is added with a start time, the old one given an end; and
+optionally the CA certificates the device trusts for its broker (``cas``, PEM), which is
+how the broker's CA rotates (the new CA listed beside the old until every certificate is
+reissued). A
 device installs a bundle only if it verifies and is newer than the one it holds. See
 docs/badges.md.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping, Sequence
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -22,6 +26,7 @@ from provisioning.tokens import KeyRing, TokenVerifier, TrustedKey, sign_token, 
 
 TRUST_TYP = "curbside-trust+jwt"
 MAX_KEYS = 64
+MAX_CAS = 4
 
 
 class KeyGrant(BaseModel):
@@ -61,8 +66,23 @@ class TrustBundle(BaseModel):
     issuer_keys: tuple[KeyGrant, ...] = Field(alias="isk", min_length=1, max_length=MAX_KEYS)
     command_keys: tuple[KeyGrant, ...] = Field(alias="cmk", default=(), max_length=MAX_KEYS)
 
+    broker_cas: tuple[str, ...] = Field(alias="cas", default=(), max_length=MAX_CAS)
+
     _unique_issuers = field_validator("issuer_keys")(_unique)
     _unique_commands = field_validator("command_keys")(_unique)
+
+    @field_validator("broker_cas")
+    @classmethod
+    def _ca_certificates(cls, pems: tuple[str, ...]) -> tuple[str, ...]:
+        for index, pem in enumerate(pems):
+            try:
+                cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
+                constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+            except (ValueError, UnicodeEncodeError, x509.ExtensionNotFound) as exc:
+                raise ValueError(f"cas[{index}]: not a PEM CA certificate: {exc}") from exc
+            if not constraints.value.ca:
+                raise ValueError(f"cas[{index}]: {cert.subject.rfc4514_string()} is not a CA")
+        return pems
 
     def issuer_ring(self) -> dict[str, TrustedKey]:
         return {k.kid: k.trusted() for k in self.issuer_keys}
@@ -74,12 +94,17 @@ class TrustBundle(BaseModel):
 def issue_trust_bundle(
     root: Ed25519PrivateKey, *, kid: str, issuer: str, site: str, version: int, now: int,
     issuer_keys: Sequence[Mapping[str, object]], command_keys: Sequence[Mapping[str, object]] = (),
+    broker_cas: Sequence[str] = (),
 ) -> str:
     """Sign a trust bundle with the root key (platform side). Keys are
-    ``{"kid", "key", "nbf"?, "exp"?}``; a bundle a device would refuse is refused here."""
-    claims = {"iss": issuer, "aud": site, "iat": now, "jti": secrets.token_urlsafe(6),
-              "ver": version, "isk": [dict(k) for k in issuer_keys],
-              "cmk": [dict(k) for k in command_keys]}
+    ``{"kid", "key", "nbf"?, "exp"?}``, ``broker_cas`` PEM CA certificates; a bundle a
+    device would refuse is refused here."""
+    claims: dict[str, object] = {
+        "iss": issuer, "aud": site, "iat": now, "jti": secrets.token_urlsafe(6),
+        "ver": version, "isk": [dict(k) for k in issuer_keys],
+        "cmk": [dict(k) for k in command_keys]}
+    if broker_cas:
+        claims["cas"] = [pem.strip() + "\n" for pem in broker_cas]
     typed_claims(TrustBundle, claims, error=ValueError)
     return sign_token(claims, root, kid=kid, typ=TRUST_TYP)
 

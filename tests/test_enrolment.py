@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import getpass
 import json
 import os
 import queue
 import secrets
+import signal
 import socket
 import ssl
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,8 +26,13 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edge.agent import Agent
+from edge.cli import main
+from edge.config import load_config
+from provisioning.crl import CRL_FILE, revoked_serials, write_crl
 from provisioning.device_tls import make_csr
 from provisioning.enrolment import (
+    EnrolmentRefused,
     EnrolmentService,
     Refusal,
     answer,
@@ -33,14 +41,18 @@ from provisioning.enrolment import (
     reply_topic,
     request_topic,
 )
-from provisioning.enrolment_mqtt import ClientTls, TlsSession
+from provisioning.enrolment_mqtt import ClientTls, SessionError, TlsSession
 from provisioning.enrolment_registry import DeviceRegistry
 from provisioning.keys import b64url_encode, generate_signing_key, public_key_b64
 from provisioning.pki import Credential, issue, make_ca
+from simulators.badge_reader import PtyBadgeReader
 from simulators.broker import find_mosquitto, free_port
+from simulators.gpio_world import LockerWorld, world_pin_factory
+from simulators.site import DOORS, write_site
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto"
 SITE, DEVICE, OTHER = "elm-street", "lockers-1", "lockers-2"
+IDENTITY = f"{SITE}/{DEVICE}"  # a device certificate's CN
 WAIT_S = 10.0
 
 
@@ -53,11 +65,16 @@ class SitePki:
     def ca_file(self) -> Path:
         return self.directory / "ca.pem"
 
+    @property
+    def crl_file(self) -> Path:
+        return self.directory / CRL_FILE
+
     def client(self, name: str) -> ClientTls:
         """A client identity ``name`` (its certificate's CN), issued once and kept."""
-        cert, key = self.directory / f"{name}.pem", self.directory / f"{name}.key"
+        stem = name.replace("/", "@")
+        cert, key = self.directory / f"{stem}.pem", self.directory / f"{stem}.key"
         if not cert.exists():
-            issue(self.ca, name).write(self.directory, name)
+            issue(self.ca, name).write(self.directory, stem)
         return ClientTls(self.ca_file, cert, key)
 
 
@@ -76,6 +93,7 @@ class SiteBroker:
             self.pki.directory, "broker")
         config = Template((DEPLOY / "mosquitto.conf.template").read_text()).substitute(
             LISTEN_PORT=self.port, LISTEN_ADDRESS=self.host, CA_FILE=self.pki.ca_file,
+            CRL_FILE=self.pki.crl_file,
             CERT_FILE=cert, KEY_FILE=key, ACL_FILE=DEPLOY / "acl", STATE_DIR=self.workdir)
         if os.geteuid() == 0:
             config += f"user {getpass.getuser()}\n"  # as simulators.broker: stay this user
@@ -110,6 +128,25 @@ class SiteBroker:
         self.stop()
         raise RuntimeError(f"mosquitto did not accept TLS on {self.port} within {WAIT_S}s")
 
+    def reload(self) -> None:
+        """SIGHUP, as ``systemctl reload mosquitto`` (the broker logs nothing we can wait on)."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGHUP)
+
+    def refuses(self, tls: ClientTls) -> bool:
+        """Whether the broker refuses ``tls`` within WAIT_S (retried: a reload takes effect
+        between two connections)."""
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            session = TlsSession(self.host, self.port, tls, timeout_s=2.0)
+            try:
+                session.open()
+            except SessionError:
+                return True
+            session.close()
+            time.sleep(0.05)
+        return False
+
     def stop(self) -> None:
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
@@ -129,6 +166,7 @@ class SiteBroker:
 def pki(tmp_path: Path) -> SitePki:
     ca = make_ca("Elm Street Test CA")
     ca.write(tmp_path / "pki", "ca")
+    write_crl(ca, tmp_path / "pki" / CRL_FILE)
     return SitePki(ca, tmp_path / "pki")
 
 
@@ -156,12 +194,12 @@ def next_message(session: TlsSession) -> mqtt.MQTTMessage:
         pytest.fail(f"no message within {WAIT_S}s")
 
 
-def telemetry(device: str) -> str:
-    return f"curbside/v1/{SITE}/{device}/telemetry"
+def telemetry(device: str, site: str = SITE) -> str:
+    return f"curbside/v1/{site}/{device}/telemetry"
 
 
 def test_the_claim_identity_cannot_publish_on_a_device_topic(site_broker: SiteBroker) -> None:
-    with site_broker.session(DEVICE) as device, site_broker.session("claim") as claim, \
+    with site_broker.session(IDENTITY) as device, site_broker.session("claim") as claim, \
             site_broker.session("platform") as platform:
         device.subscribe(f"curbside/v1/{SITE}/{DEVICE}/#")
         claim.publish(telemetry(DEVICE), b"forged by the claim")
@@ -197,7 +235,7 @@ def test_a_device_enrols_reconnects_as_itself_and_publishes_only_on_its_own_topi
     assert stat.S_IMODE(cert_path.stat().st_mode) == 0o644
     assert stat.S_IMODE((state / "tls.key").stat().st_mode) == 0o600
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    assert cert.subject.rfc4514_string() == f"CN={DEVICE}"
+    assert cert.subject.rfc4514_string() == f"CN={SITE}/{DEVICE}"
     assert service.registry.devices()[DEVICE]["site"] == SITE
 
     own = ClientTls(pki.ca_file, cert_path, state / "tls.key")
@@ -206,16 +244,19 @@ def test_a_device_enrols_reconnects_as_itself_and_publishes_only_on_its_own_topi
         device.publish(telemetry(DEVICE), b"mine")
         assert next_message(platform).payload == b"mine"
         device.publish(telemetry(OTHER), b"posing as lockers-2")
+        device.publish(telemetry(DEVICE, "oak-road"), b"posing at another site")
         device.publish(telemetry(DEVICE), b"control")
         message = next_message(platform)
         assert (message.topic, message.payload) == (telemetry(DEVICE), b"control")
         assert platform.messages.empty()
 
 
-def test_a_csr_whose_cn_is_not_the_device_id_is_refused_with_a_reason(
-        pki: SitePki, site_broker: SiteBroker, service: EnrolmentService) -> None:
+@pytest.mark.parametrize(("device", "site"), [(OTHER, SITE), (DEVICE, "oak-road")])
+def test_a_csr_whose_cn_is_not_the_device_identity_is_refused_with_a_reason(
+        pki: SitePki, site_broker: SiteBroker, service: EnrolmentService, device: str,
+        site: str) -> None:
     signer, nonce = generate_signing_key(), secrets.token_urlsafe(24)
-    csr = make_csr(ec.generate_private_key(ec.SECP256R1()), OTHER, SITE)
+    csr = make_csr(ec.generate_private_key(ec.SECP256R1()), device, site)
     request = {"device": DEVICE, "site": SITE, "csr": csr.decode(), "nonce": nonce,
                "signing_key": public_key_b64(signer.public_key()),
                "proof": b64url_encode(signer.sign(proof_message(DEVICE, SITE, nonce, csr)))}
@@ -225,8 +266,61 @@ def test_a_csr_whose_cn_is_not_the_device_id_is_refused_with_a_reason(
         reply = json.loads(next_message(claim).payload)
     assert reply["ok"] is False
     assert reply["reason"] == Refusal.DEVICE_MISMATCH
-    assert "'lockers-2' is not the device id 'lockers-1'" in reply["detail"]
+    assert f"'{site}/{device}' is not the device identity '{IDENTITY}'" in reply["detail"]
     assert service.registry.devices() == {}
+
+
+def test_a_retired_device_is_refused_by_the_broker_and_cannot_enrol_again(
+        tmp_path: Path, pki: SitePki, site_broker: SiteBroker,
+        service: EnrolmentService) -> None:
+    state, claim = tmp_path / "device", pki.client("claim")
+    cert_path = enrol(site_broker.host, site_broker.port, pki.ca_file, claim.cert_file,
+                      claim.key_file, DEVICE, SITE, state, timeout_s=WAIT_S)
+    own = ClientTls(pki.ca_file, cert_path, state / "tls.key")
+    with site_broker.session(own):
+        pass  # accepted while enrolled
+    assert main(["provision", "retire", DEVICE, "--ca", str(pki.directory),
+                 "--registry", str(service.registry.path)]) == 0
+    serial = x509.load_pem_x509_certificate(cert_path.read_bytes()).serial_number
+    assert serial in revoked_serials(pki.crl_file)
+    site_broker.reload()
+    assert site_broker.refuses(own)
+    with pytest.raises(EnrolmentRefused) as refused:
+        enrol(site_broker.host, site_broker.port, pki.ca_file, claim.cert_file,
+              claim.key_file, DEVICE, SITE, state, timeout_s=WAIT_S)
+    assert refused.value.reason == Refusal.RETIRED
+    with site_broker.session(IDENTITY):
+        pass  # another certificate of the same CA is still accepted
+
+
+def test_the_provisioning_service_command_enrols_and_stops_cleanly_on_sigterm(
+        tmp_path: Path, pki: SitePki, site_broker: SiteBroker) -> None:
+    pki.client("provisioner")  # provisioner.pem/.key beside ca.pem: the --tls directory
+    registry = tmp_path / "devices.json"
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "provision", "serve", "--ca", str(pki.directory),
+         "--broker", f"{site_broker.host}:{site_broker.port}", "--tls", str(pki.directory),
+         "--registry", str(registry), "--days", "30"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert serve.stderr is not None
+        assert serve.stderr.readline().startswith("serving enrolment requests on")
+        claim = pki.client("claim")
+        cert_path = enrol(site_broker.host, site_broker.port, pki.ca_file, claim.cert_file,
+                          claim.key_file, DEVICE, SITE, tmp_path / "device", timeout_s=WAIT_S)
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        assert 30 <= (cert.not_valid_after_utc - cert.not_valid_before_utc).days <= 31
+        assert DeviceRegistry(registry).serials(DEVICE) == (cert.serial_number,)
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=WAIT_S) == 0
+        assert "stopped" in serve.stderr.read()
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+        for stream in (serve.stdout, serve.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def request_for(device: str) -> tuple[bytes, str]:
@@ -278,3 +372,53 @@ def talk_without_a_certificate(broker: SiteBroker) -> None:
 def test_the_broker_refuses_a_client_without_a_certificate(site_broker: SiteBroker) -> None:
     with pytest.raises((ssl.SSLError, OSError)):
         talk_without_a_certificate(site_broker)
+
+
+@pytest.mark.usefixtures("service")
+async def test_the_agent_runs_under_the_acl_with_the_certificate_provision_enrol_gave_it(
+        tmp_path: Path, pki: SitePki, site_broker: SiteBroker, reader: PtyBadgeReader,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    site = write_site(tmp_path / "site", broker_port=site_broker.port, reader_url=reader.path)
+    # The configuration names the files enrolment writes (docs/operations.md).
+    config = site.config_path.read_text().replace("allow_insecure = true", "") + (
+        '\n[mqtt.tls]\nca_file = "broker-ca.pem"\ncert_file = "tls.pem"\n'
+        'key_file = "tls.key"\n')
+    site.config_path.write_text(config)
+    claim_dir = tmp_path / "claim"
+    claim_dir.mkdir()
+    claim = pki.client("claim")
+    for source, name in ((pki.ca_file, "ca.pem"), (claim.cert_file, "claim.pem"),
+                         (claim.key_file, "claim.key")):
+        (claim_dir / name).write_bytes(source.read_bytes())
+    (claim_dir / "claim.key").chmod(0o600)
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["provision", "enrol", "-c", str(site.config_path),
+                                          "--claim", str(claim_dir)]) == 0
+    assert f"enrolled {SITE}/{DEVICE}" in capsys.readouterr().out
+    state = site.directory
+    assert stat.S_IMODE((state / "tls.key").stat().st_mode) == 0o600
+    assert (state / "broker-ca.pem").read_bytes() == pki.ca_file.read_bytes()
+
+    factory = world_pin_factory()
+    world = LockerWorld(factory, DOORS, asyncio.get_running_loop())
+    agent = Agent(load_config(site.config_path), pin_factory=factory)
+    stop = asyncio.Event()
+    with site_broker.session("platform") as platform:
+        platform.subscribe(f"curbside/v1/{SITE}/#")
+        task = asyncio.ensure_future(agent.run(stop))
+        try:
+            await asyncio.wait_for(agent.link.wait_up(), WAIT_S)
+            reader.present("A1", site.badge("ada", groups=("hand-tools",)))
+            topics: set[str] = set()
+            granted = False
+            async with asyncio.timeout(WAIT_S):
+                while not granted:
+                    message = await asyncio.to_thread(next_message, platform)
+                    topics.add(message.topic)
+                    granted = b'"access.granted"' in message.payload
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, WAIT_S)
+            await world.aclose()
+    assert all(t.startswith(f"curbside/v1/{SITE}/{DEVICE}/") for t in topics)
+    assert f"curbside/v1/{SITE}/{DEVICE}/status" in topics

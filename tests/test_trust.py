@@ -5,16 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.config import IssuerKey, TrustConfig
 from edge.signed_store import Update
-from edge.trust import TrustStore
+from edge.trust import BROKER_CA_FILE, TrustStore
 from provisioning.badges import BadgeVerifier, issue_badge
 from provisioning.errors import TokenFault, TokenRejected
 from provisioning.keys import public_key_b64
+from provisioning.pki import issue, make_ca
 from provisioning.tokens import TrustedKey, sign_token
 from provisioning.trust import TRUST_TYP, TrustBundleVerifier, issue_trust_bundle
 
@@ -182,3 +184,46 @@ def test_the_version_floor_outlives_a_lost_or_edited_bundle(tmp_path: Path) -> N
     assert store.update(bundle(4, grant("old", OLD))).outcome is Update.ROLLBACK
     assert store.update(bundle(5, grant("new", NEW))).outcome is Update.APPLIED  # restored
     assert store.version == 5
+
+
+def ca_pem(name: str) -> str:
+    return make_ca(name).cert_pem().decode()
+
+
+def test_a_bundle_with_broker_cas_rewrites_broker_ca_pem_and_an_older_one_does_not(
+        tmp_path: Path) -> None:
+    store = TrustStore(tmp_path / "trust.jws", config(), site="elm-street")
+    old_ca, new_ca = ca_pem("Old CA"), ca_pem("New CA")
+    signed = issue_trust_bundle(ROOT, kid="root-1", issuer="coop-root", site="elm-street",
+                                version=2, now=NOW, issuer_keys=[grant("new", NEW)],
+                                broker_cas=[old_ca, new_ca])
+    assert store.update(signed).outcome is Update.APPLIED
+    path = tmp_path / BROKER_CA_FILE
+    assert [c.subject.rfc4514_string() for c in x509.load_pem_x509_certificates(
+        path.read_bytes())] == ["CN=Old CA", "CN=New CA"]
+    older = issue_trust_bundle(ROOT, kid="root-1", issuer="coop-root", site="elm-street",
+                               version=1, now=NOW, issuer_keys=[grant("new", NEW)],
+                               broker_cas=[ca_pem("Rogue CA")])
+    assert store.update(older).outcome is Update.ROLLBACK
+    path.unlink()  # lost: the same bundle again restores it
+    assert store.update(signed).outcome is Update.SAME
+    assert "CN=New CA" in {c.subject.rfc4514_string() for c in x509.load_pem_x509_certificates(
+        path.read_bytes())}
+
+
+def test_a_bundle_without_broker_cas_leaves_broker_ca_pem_alone(tmp_path: Path) -> None:
+    path = tmp_path / BROKER_CA_FILE
+    path.write_text(ca_pem("Enrolment CA"))
+    before = path.read_text()
+    store = TrustStore(tmp_path / "trust.jws", config(), site="elm-street")
+    assert store.update(bundle(2, grant("new", NEW))).outcome is Update.APPLIED
+    assert path.read_text() == before
+
+
+@pytest.mark.parametrize("pem", ["not a certificate", "leaf"])
+def test_a_broker_ca_that_is_not_a_ca_certificate_is_refused_at_signing(pem: str) -> None:
+    if pem == "leaf":
+        pem = issue(make_ca("CA"), "lockers-1").cert_pem().decode()
+    with pytest.raises(ValueError, match=r"cas\[0\]"):
+        issue_trust_bundle(ROOT, kid="root-1", issuer="coop-root", site="elm-street",
+                           version=2, now=NOW, issuer_keys=[grant("new", NEW)], broker_cas=[pem])
