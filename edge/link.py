@@ -4,8 +4,9 @@ Each connection gets a fresh paho ``Client`` driven by the event loop's own sele
 (``add_reader``/``add_writer``, as aiomqtt does), so every callback and every paho call
 runs on the loop thread; only the blocking TCP/TLS connect runs in an executor, while
 nothing else touches that client. :meth:`MqttLink.run` supervises the connection:
-reconnects with capped exponential backoff and full jitter, logs every attempt, and
-publishes the retained birth message on each connect (the LWT covers a dead agent).
+reconnects with capped exponential backoff and full jitter (:class:`ReconnectBackoff`),
+after a failed attempt and after a lost connection alike, logs every wait, and publishes
+the retained birth message on each connect (the LWT covers a dead agent).
 
 :meth:`MqttLink.publish` returns when the broker has acknowledged (PUBACK) and raises
 :class:`LinkDown` if the connection is lost first; the caller keeps the message.
@@ -20,6 +21,7 @@ import logging
 import random
 import ssl
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any
@@ -43,6 +45,16 @@ MessageHandler = Callable[[mqtt.MQTTMessage], None]
 CONNECT_TIMEOUT_S = 10.0
 MISC_INTERVAL_S = 1.0  # keepalive bookkeeping (paho's loop_misc)
 GOODBYE_TIMEOUT_S = 2.0  # a clean stop waits this long for the broker at most
+# A connection that stays up this long (or 2 x keepalive, if longer: see stable_after_s)
+# counts as healthy, and the next reconnect starts from reconnect_min_s again; a shorter one
+# counts as a failed attempt. What takes a connection only to drop it (an authorisation
+# plugin, a load balancer with no healthy backend, a clone of this device with the same
+# client id taking the session over at its next retry) mostly does so within a second or
+# two of CONNACK, so such a loop backs off to reconnect_max_s. And whatever drops longer
+# connections, the backoff starts over at most once per STABLE_AFTER_MIN_S: at worst 100
+# quick reconnects a second for a fleet of 1,000. Resetting on every connect instead let a
+# connect-then-drop loop spin at about 600 connections a second per device (local broker).
+STABLE_AFTER_MIN_S = 10.0
 
 
 class LinkDown(CurbsideError, ConnectionError):
@@ -54,16 +66,78 @@ class PublishRejected(CurbsideError, ConnectionError):
 
 
 class LinkState(StrEnum):
+    """``CLOSED`` once :meth:`MqttLink.run` has been cancelled: it will not reconnect."""
+
     CONNECTING = "connecting"
     UP = "up"
     DOWN = "down"
     CLOSED = "closed"
 
 
+def backoff_window(attempt: int, base_s: float, cap_s: float) -> float:
+    """The upper end (seconds) of the full-jitter range after ``attempt`` failures in a row
+    (0-based): ``min(cap, base * 2**attempt)``, never below ``base``."""
+    return max(min(cap_s, base_s * 2.0 ** min(attempt, 32)), base_s)
+
+
 def backoff_delay(attempt: int, base_s: float, cap_s: float) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
-    window = min(cap_s, base_s * (2 ** min(attempt, 32)))
-    return random.uniform(0, max(window, base_s))  # noqa: S311  # jitter, not cryptography
+    window = backoff_window(attempt, base_s, cap_s)
+    return random.uniform(0, window)  # noqa: S311  # jitter, not cryptography
+
+
+def stable_after_s(keepalive_s: float) -> float:
+    """How long (seconds) a connection must stay up before the backoff starts over.
+
+    At least 2 x keepalive: by then the connection has carried a PINGREQ/PINGRESP and
+    outlived the broker's keepalive deadline (1.5 x keepalive, MQTT 3.1.1 and 5.0 section
+    3.1.2.10), so a middlebox or broker that drops quiet or unwelcome connections would
+    already have dropped it; and never less than :data:`STABLE_AFTER_MIN_S`.
+    """
+    return max(STABLE_AFTER_MIN_S, 2.0 * keepalive_s)
+
+
+class ReconnectBackoff:
+    """When to try the broker again: capped exponential backoff with full jitter.
+
+    Each delay is uniform in ``[0, window_s]``, the window being ``base_s * 2**attempt``
+    capped at ``cap_s``. A failed attempt to connect and a connection lost before it had
+    been up ``stable_after_s`` both count as failures and double the window; a connection
+    lost after that starts it over at ``base_s``, so a whole street cut at once spreads its
+    reconnects over ``base_s`` and a short blip still ends quickly. Pure but for ``rng``
+    (by default a private, randomly seeded one). Raises ``ValueError`` unless
+    ``0 < base_s <= cap_s`` and ``stable_after_s >= 0``.
+    """
+
+    def __init__(self, base_s: float, cap_s: float, stable_after_s: float, *,
+                 rng: random.Random | None = None) -> None:
+        if not 0 < base_s <= cap_s:
+            raise ValueError(f"need 0 < base_s <= cap_s, not {base_s} and {cap_s}")
+        if stable_after_s < 0:
+            raise ValueError("stable_after_s is seconds, not negative")
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.stable_after_s = stable_after_s
+        self.attempt = 0  # failures since the last stable connection
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311  # jitter
+
+    @property
+    def window_s(self) -> float:
+        """The next delay is drawn from ``[0, window_s]``."""
+        return backoff_window(self.attempt, self.base_s, self.cap_s)
+
+    def after_failure(self) -> float:
+        """An attempt to connect failed: the seconds to wait before the next one."""
+        delay = self._rng.uniform(0, self.window_s)
+        self.attempt += 1
+        return delay
+
+    def after_loss(self, up_for_s: float) -> float:
+        """A connection was lost after ``up_for_s`` seconds up: the seconds to wait before
+        reconnecting (from a window of ``base_s`` again if it had been up long enough)."""
+        if up_for_s >= self.stable_after_s:
+            self.attempt = 0
+        return self.after_failure()
 
 
 class _Connection:
@@ -237,7 +311,9 @@ class MqttLink:
 
     ``subscriptions`` are (re)subscribed at QoS 1 on every connection and their messages
     go to ``on_message`` on the loop thread; ``on_connected`` runs (as a task of the link)
-    after each connection is up, e.g. to republish the retained state snapshot.
+    after each connection is up, e.g. to republish the retained state snapshot. ``backoff``
+    decides the wait before each reconnect; by default from the config's ``reconnect_min_s``,
+    ``reconnect_max_s`` and :func:`stable_after_s` of its ``keepalive_s``.
     """
 
     def __init__(
@@ -250,6 +326,7 @@ class MqttLink:
         subscriptions: tuple[str, ...] = (),
         on_message: MessageHandler | None = None,
         on_connected: Callable[[], Awaitable[None]] | None = None,
+        backoff: ReconnectBackoff | None = None,
     ) -> None:
         self._config = config
         self._topics = topics
@@ -258,6 +335,8 @@ class MqttLink:
         self._subscriptions = subscriptions
         self._on_message = on_message
         self._on_connected = on_connected
+        self.backoff = backoff if backoff is not None else ReconnectBackoff(
+            config.reconnect_min_s, config.reconnect_max_s, stable_after_s(config.keepalive_s))
         self._conn: _Connection | None = None
         self._up = asyncio.Event()
         self.state = LinkState.DOWN
@@ -312,28 +391,35 @@ class MqttLink:
         await conn.publish(topic, payload, qos, retain, props)
 
     async def run(self) -> None:
-        """Connect, stay connected, reconnect forever. Cancel to stop."""
-        attempt = 0
-        while True:
-            self._set_state(LinkState.CONNECTING)
-            target = f"{self._config.host}:{self._config.port}"
-            try:
-                conn = await self._connect()
-            except (OSError, ssl.SSLError, LinkDown, TimeoutError) as exc:
-                delay = backoff_delay(
-                    attempt, self._config.reconnect_min_s, self._config.reconnect_max_s
-                )
-                attempt += 1
-                log.warning("broker %s unreachable (attempt %d): %s; retry in %.2fs",
-                            target, attempt, exc, delay)
-                self._set_state(LinkState.DOWN, str(exc))
+        """Connect, stay connected, reconnect forever. Cancel to stop: the state is then
+        ``CLOSED``, after the goodbye if connected."""
+        target = f"{self._config.host}:{self._config.port}"
+        backoff = self.backoff
+        try:
+            while True:
+                self._set_state(LinkState.CONNECTING)
+                try:
+                    conn = await self._connect()
+                except (OSError, ssl.SSLError, LinkDown, TimeoutError) as exc:
+                    delay = backoff.after_failure()
+                    log.warning("broker %s unreachable (attempt %d): %s; retry in %.2fs",
+                                target, backoff.attempt, exc, delay)
+                    self._set_state(LinkState.DOWN, str(exc))
+                else:
+                    log.info("connected to broker %s", target)
+                    since = time.monotonic()
+                    why = await self._serve(conn)
+                    up_for = time.monotonic() - since
+                    # Never straight back: a broker that drops every connection would see a
+                    # hot loop, and devices cut at the same instant would return in step.
+                    delay = backoff.after_loss(up_for)
+                    log.warning("lost broker %s after %.1fs: %s; reconnect in %.2fs "
+                                "(attempt %d)", target, up_for, why, delay, backoff.attempt)
+                    self._set_state(LinkState.DOWN, why)
                 await asyncio.sleep(delay)
-                continue
-            attempt = 0
-            log.info("connected to broker %s", target)
-            why = await self._serve(conn)
-            log.warning("lost broker %s: %s", target, why)
-            self._set_state(LinkState.DOWN, why)
+        except asyncio.CancelledError:
+            self._set_state(LinkState.CLOSED, "stopped")
+            raise
 
     async def _serve(self, conn: _Connection) -> str:
         self._conn = conn
