@@ -21,6 +21,8 @@ import struct
 from dataclasses import astuple, dataclass
 from enum import IntEnum, StrEnum
 
+from firmware_bridge.garbage import GARBAGE_RUN_BYTES, SAMPLE_BYTES, GarbageRun
+
 __all__ = [
     "ACK_LENGTH", "COMMAND_BYTES", "DATA_LENGTH", "GARBAGE_RUN_BYTES", "MAX_FRAME_BYTES", "START",
     "Command", "DecodeError", "ErrorKind", "Pms5003Decoder", "PmsAck", "PmsFrame",
@@ -33,9 +35,8 @@ DATA_LENGTH = 2 * 13 + 2  # "Frame length = 2x13+2 (data+check bytes)", Appendix
 ACK_LENGTH = 4  # CMD, DATA and the two check bytes
 MAX_FRAME_BYTES = 4 + DATA_LENGTH  # 32
 COMMAND_BYTES = 7
-GARBAGE_RUN_BYTES = 256  # a longer run of discarded bytes is reported in pieces this long
 _WORDS = struct.Struct(">13H")
-_SAMPLE = 32
+_SAMPLE = SAMPLE_BYTES
 
 
 class Command(IntEnum):
@@ -173,8 +174,7 @@ class Pms5003Decoder:
 
     def __init__(self) -> None:
         self._buffer = bytearray()
-        self._run = 0  # bytes in the garbage run not yet reported
-        self._run_sample = bytearray()
+        self._garbage = GarbageRun()
         self.frames = 0  # data frames decoded
         self.acks = 0
         self.errors: dict[str, int] = {kind.value: 0 for kind in ErrorKind}
@@ -210,8 +210,7 @@ class Pms5003Decoder:
                 self._skip(buf, j, j + 1, out)
                 i = j + 1
                 continue
-            if self._run:
-                out.append(self._report_run())
+            self._end_garbage(out)
             if length == DATA_LENGTH:
                 self.frames += 1
                 out.append(PmsFrame(*_WORDS.unpack_from(buf, j + 4)))
@@ -228,18 +227,10 @@ class Pms5003Decoder:
 
     def _skip(self, buf: bytearray, start: int, stop: int, out: list[PmsMessage]) -> None:
         """Discard ``buf[start:stop]`` as garbage, reporting every full run."""
-        while start < stop:
-            take = min(GARBAGE_RUN_BYTES - self._run, stop - start)
-            if len(self._run_sample) < _SAMPLE:
-                self._run_sample += buf[start:start + min(take, _SAMPLE - len(self._run_sample))]
-            self._run += take
-            self.errors[ErrorKind.GARBAGE] += take
-            start += take
-            if self._run == GARBAGE_RUN_BYTES:
-                out.append(self._report_run())
+        self.errors[ErrorKind.GARBAGE] += stop - start
+        out.extend(DecodeError(ErrorKind.GARBAGE, sample, n)
+                   for sample, n in self._garbage.skip(buf[start:stop]))
 
-    def _report_run(self) -> DecodeError:
-        error = DecodeError(ErrorKind.GARBAGE, bytes(self._run_sample), self._run)
-        self._run = 0
-        self._run_sample.clear()
-        return error
+    def _end_garbage(self, out: list[PmsMessage]) -> None:
+        if (run := self._garbage.end()) is not None:
+            out.append(DecodeError(ErrorKind.GARBAGE, *run))

@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
+from firmware_bridge.garbage import GARBAGE_RUN_BYTES, SAMPLE_BYTES, GarbageRun
+
 __all__ = [
     "ALL_DEVICES", "COMMAND_BYTES", "FRAME_BYTES", "GARBAGE_RUN_BYTES", "MAX_WORK_PERIOD",
     "Command", "DecodeError", "ErrorKind", "ReportingMode", "Sds011Decoder", "SdsCommand",
@@ -33,8 +35,7 @@ READING, REPLY, COMMAND = 0xC0, 0xC5, 0xB4
 FRAME_BYTES, COMMAND_BYTES = 10, 19
 ALL_DEVICES = 0xFFFF
 MAX_WORK_PERIOD = 30  # minutes (section 3.5)
-GARBAGE_RUN_BYTES = 256  # a longer run of discarded bytes is reported in pieces this long
-_SAMPLE = 32
+_SAMPLE = SAMPLE_BYTES
 
 
 class Command(IntEnum):
@@ -226,8 +227,7 @@ class Sds011Decoder:
 
     def __init__(self) -> None:
         self._buffer = bytearray()
-        self._run = 0
-        self._run_sample = bytearray()
+        self._garbage = GarbageRun()
         self.frames = 0  # readings decoded
         self.replies = 0
         self.errors: dict[str, int] = {kind.value: 0 for kind in ErrorKind}
@@ -262,8 +262,7 @@ class Sds011Decoder:
             elif sum(buf[j + 2:j + 8]) & 0xFF != buf[j + 8]:
                 out.append(self._error(ErrorKind.BAD_CHECKSUM, buf[j:stop]))
             else:
-                if self._run:
-                    out.append(self._report_run())
+                self._end_garbage(out)
                 out.append(self._message(buf, j))
                 i = stop
                 continue
@@ -287,18 +286,10 @@ class Sds011Decoder:
 
     def _skip(self, buf: bytearray, start: int, stop: int, out: list[SdsMessage]) -> None:
         """Discard ``buf[start:stop]`` as garbage, reporting every full run."""
-        while start < stop:
-            take = min(GARBAGE_RUN_BYTES - self._run, stop - start)
-            if len(self._run_sample) < _SAMPLE:
-                self._run_sample += buf[start:start + min(take, _SAMPLE - len(self._run_sample))]
-            self._run += take
-            self.errors[ErrorKind.GARBAGE] += take
-            start += take
-            if self._run == GARBAGE_RUN_BYTES:
-                out.append(self._report_run())
+        self.errors[ErrorKind.GARBAGE] += stop - start
+        out.extend(DecodeError(ErrorKind.GARBAGE, sample, n)
+                   for sample, n in self._garbage.skip(buf[start:stop]))
 
-    def _report_run(self) -> DecodeError:
-        error = DecodeError(ErrorKind.GARBAGE, bytes(self._run_sample), self._run)
-        self._run = 0
-        self._run_sample.clear()
-        return error
+    def _end_garbage(self, out: list[SdsMessage]) -> None:
+        if (run := self._garbage.end()) is not None:
+            out.append(DecodeError(ErrorKind.GARBAGE, *run))
