@@ -91,8 +91,9 @@ class BatteryMonitor:
                     await asyncio.sleep(delay)
         finally:
             watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
+            # gather, not suppress(CancelledError): a cancellation of this task that
+            # arrives meanwhile must not be swallowed with the child's
+            await asyncio.gather(watch, return_exceptions=True)
             if self._charger is not None:
                 self._charger.off()
 
@@ -119,8 +120,7 @@ class BatteryMonitor:
                 await asyncio.sleep(self.config.interval_s)
         finally:
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, SerialPortClosed):
-                await reader
+            await asyncio.gather(reader, return_exceptions=True)  # see above
 
     async def _ask(self, port: AsyncSerialPort, request: bytes, messages: asyncio.Queue[Any],
                    kind: type, decoder: jbd_bms.JbdDecoder) -> Any:
@@ -203,8 +203,9 @@ class BatteryMonitor:
         """Silent for ``absent_after_s``: the battery has been taken (or unplugged)."""
         while True:
             self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), self.config.absent_after_s)
+            try:  # asyncio.timeout: wait_for (3.11) can swallow a cancellation
+                async with asyncio.timeout(self.config.absent_after_s):
+                    await self._changed.wait()
             except TimeoutError:
                 if self.present:
                     self.present = False

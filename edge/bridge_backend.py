@@ -11,7 +11,6 @@ microcontroller reboot too, which its boot id reveals) the inputs are read again
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from edge.config import BridgeHardware, CompartmentConfig
@@ -201,8 +200,9 @@ class BridgeBackend:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # gather, not suppress(CancelledError): a cancellation of this task that
+            # arrives meanwhile must not be swallowed with the child's
+            await asyncio.gather(self._task, return_exceptions=True)
         if self.link_up:  # every output off now: a pulse ends, a maglock releases
             for output in self._outputs.values():
                 try:

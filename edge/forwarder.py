@@ -11,7 +11,6 @@ MQTT keeps one connection's QoS 1 publishes in order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 
@@ -87,8 +86,9 @@ class Forwarder:
             await self._settle({*in_flight, newer}, asyncio.FIRST_COMPLETED, in_flight)
         finally:
             newer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await newer
+            # gather, not suppress(CancelledError): a cancellation of this task that
+            # arrives meanwhile must not be swallowed with the child's
+            await asyncio.gather(newer, return_exceptions=True)
 
     @staticmethod
     async def _settle(tasks: set[asyncio.Task[None]], when: str,

@@ -141,8 +141,9 @@ class SensorMonitor:
             with contextlib.suppress(SerialPortClosed):
                 port.write(self.driver.sleep)  # left asleep: the fan is spared meanwhile
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, SerialPortClosed):
-                await reader
+            # gather, not suppress(CancelledError): a cancellation of this task that
+            # arrives meanwhile must not be swallowed with the child's
+            await asyncio.gather(reader, return_exceptions=True)
 
     async def _decode(self, port: AsyncSerialPort, decoder: _Decoder) -> None:
         async for chunk in port:
@@ -158,12 +159,15 @@ class SensorMonitor:
         while not self._readings.empty():  # anything before the request is stale
             self._readings.get_nowait()
         port.write(self.driver.request)
+        frame = None
         try:
-            frame = await asyncio.wait_for(self._readings.get(), self.config.read_timeout_s)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that arrives as the reading does, and this task would never stop.
+            async with asyncio.timeout(self.config.read_timeout_s):
+                frame = await self._readings.get()
         except TimeoutError:
             log.warning("sensor %s: no reading within %.1fs", self.config.id,
                         self.config.read_timeout_s)
-            frame = None
         if self.config.duty_cycle:
             port.write(self.driver.sleep)
         if frame is not None:

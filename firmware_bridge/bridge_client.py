@@ -158,8 +158,9 @@ class BridgeClient:
         self._closed = True
         if self._runner is not None:
             self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+            # gather, not suppress(CancelledError): a cancellation of this task that
+            # arrives meanwhile must not be swallowed with the child's
+            await asyncio.gather(self._runner, return_exceptions=True)
             self._runner = None
         for future in self._waiting.values():
             if not future.done():
