@@ -46,6 +46,18 @@ async def finish(db: Path, port: int, platform: PlatformRecorder) -> None:
     assert platform.in_order_per_class()
 
 
+async def device_caught_up(db: Path, appends: int = 10, timeout_s: float = 10.0) -> None:
+    """Return once the device has committed ``appends`` more events.
+
+    Its outbox has one writer, in order: once events appended after this call are committed,
+    so is the deletion for any PUBACK that had already reached the device's socket.
+    """
+    start_high = high_water(db)
+    async with asyncio.timeout(timeout_s):
+        while high_water(db) < start_high + appends:  # noqa: ASYNC110  # another process
+            await asyncio.sleep(0.01)
+
+
 async def received_more(platform: PlatformRecorder, than: int) -> None:
     await platform.wait_for(lambda p: len(p.events) > than + 50, 40)
 
@@ -67,6 +79,9 @@ async def test_broker_sigkilled_and_restarted_mid_stream(
             for _ in range(3):
                 await received_more(platform, len(platform.events))
                 proxy.stall()
+                # A PUBACK already past the proxy is still acted on: let the device catch up,
+                # or the broker could be killed holding an event the device has let go of.
+                await device_caught_up(db)
                 acked = acknowledged(db)
                 await platform.wait_for(
                     lambda p, a=acked: a <= {int(e["seq"]) for e in p.events}, 30)
