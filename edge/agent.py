@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,6 +91,7 @@ class Agent:
         *,
         pin_factory: Any = None,
         observer: EventObserver | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         state_dir = config.storage.path.parent
         self.remote_config = RemoteConfigStore(state_dir / "remote-config.json")
@@ -98,7 +100,7 @@ class Agent:
         self.boot_id = uuid.uuid4().hex[:12]
         self.topics = DeviceTopics(config.device.site, config.device.id)
         self.stats = AgentStats()
-        self.clock = TrustedClock(config.storage.path.with_name("time.floor"))
+        self.clock = TrustedClock(config.storage.path.with_name("time.floor"), wall=wall_clock)
         self.outbox = Outbox(config.storage.path, max_bytes=config.storage.max_bytes,
                              clock=self.clock.now)
         self.link = MqttLink(
@@ -508,7 +510,7 @@ class Agent:
         while True:
             state, detail, at = await self._link_changes.get()
             is_up = state is LinkState.UP
-            if is_up != was_up and state is not LinkState.CONNECTING:
+            if is_up != was_up and state not in (LinkState.CONNECTING, LinkState.CLOSED):
                 fields = {"detail": detail} if detail else {}
                 await self.record(f"link.{state.value}", fields, EventClass.STATE, at)
                 was_up = is_up

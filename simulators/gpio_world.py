@@ -15,7 +15,7 @@ import functools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from gpiozero.pins.mock import MockFactory, MockPin
 
@@ -52,6 +52,7 @@ class DoorSpec:
     compartment: str
     solenoid_pin: int | str
     door_pin: int | str
+    item_pin: int | str | None = None  # closed (low) while the item is in
 
 
 @dataclass
@@ -59,7 +60,22 @@ class Member:
     """How the virtual member behaves after a door unlocks."""
 
     open_after_s: float = 0.2
-    close_after_s: float = 1.0
+    close_after_s: float | None = 1.0  # None: walks away with the door open
+
+
+class Doors(Protocol):
+    def open_door(self, compartment: str) -> None: ...
+    def close_door(self, compartment: str) -> None: ...
+
+
+async def member_uses(doors: Doors, compartment: str, member: Member) -> None:
+    """What a member does once the lock releases: open the door, and close it again (or
+    walk away, when ``close_after_s`` is None)."""
+    await asyncio.sleep(member.open_after_s)
+    doors.open_door(compartment)
+    if member.close_after_s is not None:
+        await asyncio.sleep(member.close_after_s)
+        doors.close_door(compartment)
 
 
 @dataclass
@@ -76,8 +92,12 @@ class LockerWorld:
     def __post_init__(self) -> None:
         self._specs = {d.compartment: d for d in self.doors}
         self._tasks: set[asyncio.Task[None]] = set()
+        # How the member behaves at a compartment's next unlock only (None: nobody comes).
+        self.once: dict[str, Member | None] = {}
         for spec in self._specs.values():
             self._pin(spec.door_pin).held_low = True  # every door starts closed
+            if spec.item_pin is not None:
+                self._pin(spec.item_pin).held_low = True  # every item starts in
             self._pin(spec.solenoid_pin).listeners.append(
                 functools.partial(self._coil, spec.compartment)
             )
@@ -99,16 +119,14 @@ class LockerWorld:
 
     def _on_coil(self, compartment: str, energised: bool) -> None:
         self._note(compartment, "energised" if energised else "released")
-        if energised and self.member is not None:
-            task = self.loop.create_task(self._member_uses(compartment, self.member))
+        member = self.once.pop(compartment, self.member) if energised else None
+        if member is not None:
+            task = self.loop.create_task(self._member_uses(compartment, member))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _member_uses(self, compartment: str, member: Member) -> None:
-        await asyncio.sleep(member.open_after_s)
-        self.open_door(compartment)
-        await asyncio.sleep(member.close_after_s)
-        self.close_door(compartment)
+        await member_uses(self, compartment, member)
 
     def is_closed(self, compartment: str) -> bool:
         return self._pin(self._specs[compartment].door_pin).held_low
@@ -130,10 +148,26 @@ class LockerWorld:
         pin.held_low = True
         self._note(compartment, "closed")
 
+    def set_item(self, compartment: str, present: bool) -> None:
+        """Put the item in (its switch closes: low) or take it out (the pull-up: high)."""
+        item = self._specs[compartment].item_pin
+        if item is None:
+            raise KeyError(f"{compartment} has no item switch (item_pin)")
+        pin = self._pin(item)
+        pin.held_low = False
+        if present:
+            if pin.function == "input":
+                pin.drive_low()
+            pin.held_low = True
+        elif pin.function == "input" and pin.pull == "up":
+            pin.drive_high()
+        self._note(compartment, "item returned" if present else "item taken")
+
     async def aclose(self) -> None:
         """Cancel members still busy with a door."""
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # gather, not suppress(CancelledError): a cancellation of this task that
+            # arrives meanwhile must not be swallowed with the child's
+            await asyncio.gather(task, return_exceptions=True)
