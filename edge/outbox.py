@@ -40,6 +40,7 @@ from edge.events import RESERVED_FIELDS, EventClass, OutboxStats, StoredEvent
 from edge.outbox_store import (
     CorruptDatabase,
     SeqLease,
+    Unreported,
     WriterConnection,
     check_integrity,
     migrate,
@@ -71,10 +72,15 @@ class _Counters:
     depth: dict[EventClass, int] = field(default_factory=lambda: dict.fromkeys(EventClass, 0))
     bytes: dict[EventClass, int] = field(default_factory=lambda: dict.fromkeys(EventClass, 0))
     dropped: dict[EventClass, int] = field(default_factory=lambda: dict.fromkeys(EventClass, 0))
-    unreported: dict[EventClass, int] = field(default_factory=lambda: dict.fromkeys(EventClass, 0))
+    unreported: dict[EventClass, Unreported] = field(
+        default_factory=lambda: {c: Unreported() for c in EventClass})
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps builds one per call
+
+
+def _unreported_key(cls: EventClass) -> str:
+    return f"unreported_drops_{cls.value}"
 
 
 def _millis(t: float) -> float:
@@ -214,8 +220,9 @@ class Outbox:
         self._audit_head = head[0][0] if head else (anchor[0][0] if anchor else GENESIS)
         for cls in EventClass:
             stored = list(await db.execute_fetchall(
-                "SELECT value FROM meta WHERE key=?", (f"unreported_drops_{cls.value}",)))
-            self._c.unreported[cls] = int(stored[0][0]) if stored else 0
+                "SELECT value FROM meta WHERE key=?", (_unreported_key(cls),)))
+            self._c.unreported[cls] = Unreported.from_meta(stored[0][0]) if stored \
+                else Unreported()
 
     async def close(self) -> None:
         """Commit what is queued, stop the writer, checkpoint and close. Idempotent."""
@@ -348,8 +355,8 @@ class Outbox:
                 await asyncio.get_running_loop().run_in_executor(
                     None, self._lease.extend, batch[-1].seq)
             async with self._write_lock:
-                await self._make_room(batch)
-                await self._insert(batch)
+                dropped = await self._make_room(batch)
+                await self._insert(batch, dropped)
         except (sqlite3.Error, OSError) as exc:
             self._hold(events, exc)
             return
@@ -365,12 +372,13 @@ class Outbox:
                 self._c.bytes[e.event_class] += e.size
             self._changed.notify_all()
 
-    async def _insert(self, batch: list[StoredEvent]) -> None:
+    async def _insert(self, batch: list[StoredEvent], dropped: set[EventClass]) -> None:
         rows = []
         for e in batch:
             rows.append((e.seq, e.ts, e.tq, e.event_class.priority, e.type, e.body, e.size,
                          e.digest))
-        await self._on_writer(WriterConnection.insert, rows)
+        meta = [(_unreported_key(c), self._c.unreported[c].to_meta()) for c in dropped]
+        await self._on_writer(WriterConnection.insert, rows, meta)
 
     def _hold(self, events: list[StoredEvent], exc: Exception) -> None:
         """Storage failed: keep the events in memory, flag them, raise the fault alarm once."""
@@ -385,14 +393,18 @@ class Outbox:
             self._held.append(self._stamp(self._pending(
                 "storage.fault", {"error": self._fault}, EventClass.ALARM)))
 
-    async def _make_room(self, batch: list[StoredEvent]) -> None:
-        """Evict oldest telemetry, then state, so the batch fits the byte budget."""
+    async def _make_room(self, batch: list[StoredEvent]) -> set[EventClass]:
+        """Evict oldest telemetry, then state, so the batch fits the byte budget.
+
+        Returns the classes of the incoming events dropped (their drops are to be kept
+        with the batch)."""
         incoming = sum(e.size for e in batch)
         evictable_in = sum(e.size for e in batch if not e.event_class.protected)
         used = self._used_bytes()
+        dropped: set[EventClass] = set()
         if used + incoming <= self.evictable_limit:
             self._full_alarm = False
-            return
+            return dropped
         await self._checkpoint()  # the WAL counts: shrink it before evicting anything
         used = self._used_bytes()
         over = used + evictable_in - self.evictable_limit
@@ -406,31 +418,32 @@ class Outbox:
                     break  # even the incoming evictable events do not fit: drop the newest
                 batch.remove(e)
                 over -= e.size
-                self._count_drop(e.event_class, 1)
+                self._count_drop(e.event_class, [e.seq])
+                dropped.add(e.event_class)
         if self._used_bytes() + sum(e.size for e in batch) > self.max_bytes \
                 and not self._full_alarm:
             self._full_alarm = True
             batch.append(self._stamp(self._pending(
                 "storage.full", {"max_bytes": self.max_bytes, "used_bytes": self._used_bytes()},
                 EventClass.ALARM)))
+        return dropped
 
     async def _evict(self, cls: EventClass, needed: int) -> int:
-        def unreported(rows: int) -> int:
-            return self._c.unreported[cls] + rows
+        def unreported(seqs: list[int]) -> str:
+            return self._c.unreported[cls].plus(seqs).to_meta()
 
-        rows, freed = await self._on_writer(
-            WriterConnection.evict, cls.priority, needed, f"unreported_drops_{cls.value}",
-            unreported)
-        if rows:
-            self._count_drop(cls, rows)
-            self._c.depth[cls] -= rows
+        seqs, freed = await self._on_writer(
+            WriterConnection.evict, cls.priority, needed, _unreported_key(cls), unreported)
+        if seqs:
+            self._count_drop(cls, seqs)
+            self._c.depth[cls] -= len(seqs)
             self._c.bytes[cls] -= freed
-            log.warning("outbox full: evicted %d %s event(s)", rows, cls.value)
+            log.warning("outbox full: evicted %d %s event(s)", len(seqs), cls.value)
         return freed
 
-    def _count_drop(self, cls: EventClass, n: int) -> None:
-        self._c.dropped[cls] += n
-        self._c.unreported[cls] += n
+    def _count_drop(self, cls: EventClass, seqs: list[int]) -> None:
+        self._c.dropped[cls] += len(seqs)
+        self._c.unreported[cls].add(seqs)
 
     def _used_bytes(self) -> int:
         try:
@@ -449,12 +462,15 @@ class Outbox:
     async def _maintain(self) -> None:
         """Between batches: report drops (at most once a minute) and checkpoint the WAL."""
         now = time.monotonic()
-        if any(self._c.unreported.values()) and \
+        if not self._closing and any(u.count for u in self._c.unreported.values()) and \
                 now - self._last_drop_report >= DROP_REPORT_INTERVAL_S:
             self._last_drop_report = now
-            counts = {c.value: n for c, n in self._c.unreported.items() if n}
-            self._c.unreported = dict.fromkeys(EventClass, 0)
-            self._enqueue("outbox.dropped", {"evicted": counts}, EventClass.ALARM, None)
+            report = {c: u for c, u in self._c.unreported.items() if u.count}
+            self._c.unreported = {c: Unreported() for c in EventClass}
+            self._enqueue("outbox.dropped", {
+                "evicted": {c.value: u.count for c, u in report.items()},
+                "seqs": {c.value: [u.first, u.last] for c, u in report.items() if u.first},
+            }, EventClass.ALARM, None)
             async with self._write_lock:
                 await self._on_writer(WriterConnection.clear_unreported)
         if self._held and now - self._last_failure >= HELD_RETRY_S:

@@ -15,7 +15,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -140,6 +140,49 @@ class SeqLease:
         self.reserved = reserved
 
 
+@dataclass(slots=True)
+class Unreported:
+    """Events of one class dropped and not yet reported: how many, and the span of their
+    seqs (``first``..``last``; 0 when unknown, as in a file from before spans were kept).
+
+    Kept in ``meta`` in the transaction that drops them, so a crash cannot lose the report.
+    """
+
+    count: int = 0
+    first: int = 0
+    last: int = 0
+
+    def add(self, seqs: Sequence[int]) -> None:
+        if not seqs:
+            return
+        low, high = min(seqs), max(seqs)
+        if self.count == 0:
+            self.first, self.last = low, high
+        elif self.first:  # (an unknown span, from an older file, stays unknown)
+            self.first, self.last = min(self.first, low), max(self.last, high)
+        self.count += len(seqs)
+
+    def plus(self, seqs: Sequence[int]) -> Unreported:
+        more = Unreported(self.count, self.first, self.last)
+        more.add(seqs)
+        return more
+
+    def to_meta(self) -> str:
+        return json.dumps([self.count, self.first, self.last])
+
+    @classmethod
+    def from_meta(cls, text: str) -> Unreported:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return cls()
+        if type(value) is int:  # before spans were kept: a count alone
+            return cls(value)
+        if isinstance(value, list) and len(value) == 3 and all(type(v) is int for v in value):
+            return cls(*value)
+        return cls()
+
+
 class WriterConnection:
     """The outbox's only writing connection, used from one dedicated thread.
 
@@ -165,19 +208,23 @@ class WriterConnection:
         self.db.execute("COMMIT")
         return result
 
-    def insert(self, rows: list[tuple[Any, ...]]) -> None:
-        """Insert ``(seq, ts, tq, class, type, body, size, hash)`` rows; durable on return."""
-        self._transaction(lambda db: db.executemany(
-            "INSERT INTO events (seq, ts, tq, class, type, body, size, hash) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows))
+    def insert(self, rows: list[tuple[Any, ...]], meta: Sequence[tuple[str, str]] = ()) -> None:
+        """Insert ``(seq, ts, tq, class, type, body, size, hash)`` rows, and set ``meta``
+        keys, in one transaction; durable on return."""
+        def work(db: sqlite3.Connection) -> None:
+            db.executemany("INSERT INTO events (seq, ts, tq, class, type, body, size, hash) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
+        self._transaction(work)
 
     def evict(self, priority: int, needed: int, unreported_key: str,
-              unreported: Callable[[int], int]) -> tuple[int, int]:
+              unreported: Callable[[list[int]], str]) -> tuple[list[int], int]:
         """Delete the oldest rows of a class until ``needed`` bytes are freed.
 
-        Returns (rows, bytes) deleted; ``unreported(rows)`` gives the drop count to persist.
+        Returns the seqs and the bytes deleted; ``unreported(seqs)`` gives what to keep
+        under ``unreported_key`` (the drops not yet reported).
         """
-        def work(db: sqlite3.Connection) -> tuple[int, int]:
+        def work(db: sqlite3.Connection) -> tuple[list[int], int]:
             chosen, freed = [], 0
             for seq, size in db.execute(
                     "SELECT seq, size FROM events WHERE class = ? ORDER BY seq LIMIT 10000",
@@ -190,8 +237,8 @@ class WriterConnection:
                 db.execute("DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))",
                            (json.dumps(chosen),))
                 db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                           (unreported_key, str(unreported(len(chosen)))))
-            return len(chosen), freed
+                           (unreported_key, unreported(chosen)))
+            return chosen, freed
         return self._transaction(work)
 
     def ack(self, seqs: list[int], audit_anchor_seq: int | None) -> set[int]:

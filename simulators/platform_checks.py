@@ -11,8 +11,10 @@ rest:
 - :meth:`~PlatformLedger.gaps` lists the seqs missing per device. ``seq`` is one counter
   per device, shared by every class and kept across restarts (the seq lease), so a device
   has one contiguous range, not one per boot. A missing seq is ``evicted`` when an
-  ``outbox.dropped`` report counts it (the report gives counts, not seqs: the oldest
-  missing seqs before the report are taken), ``storage_recovered`` when it lies below a
+  ``outbox.dropped`` report accounts for it: the report gives, per class, how many were
+  evicted and the lowest and highest of their seqs, and that many missing seqs in that
+  span are taken, lowest first (a report without spans, from an older agent: the oldest
+  missing seqs before the report), ``storage_recovered`` when it lies below a
   ``storage.recovered`` event's ``resumed_at_seq`` (lost with the damaged file, or never
   issued: the lease skips ahead), otherwise ``unexplained``. Classes drain in priority
   order, so a gap can be telemetry or state still on its way: ask once the device's outbox
@@ -158,7 +160,8 @@ class PlatformLedger:
         self._seen: dict[tuple[str, int], Event] = {}
         self._wire: dict[str, list[tuple[int, Event]]] = {}  # device -> (seq, wire event)
         self._last_in_class: dict[tuple[str, str], int] = {}
-        self._drop_reports: dict[str, list[tuple[int, int]]] = {}  # (seq, events evicted)
+        # (report seq, [(events evicted, lowest seq, highest seq)]) per outbox.dropped
+        self._drop_reports: dict[str, list[tuple[int, list[tuple[int, int, int]]]]] = {}
         self._recoveries: dict[str, list[int]] = {}  # resumed_at_seq of storage.recovered
         self._pinned = {d: public_key_from_b64(k) if isinstance(k, str) else k
                         for d, k in (self.device_keys or {}).items()}
@@ -267,10 +270,7 @@ class PlatformLedger:
         self._last_in_class[(device, cls)] = max(seq, self._last_in_class.get((device, cls), 0))
         self.events.append({**event, "device": device})
         if event["type"] == "outbox.dropped":
-            evicted = event.get("evicted")
-            count = sum(n for n in evicted.values() if isinstance(n, int) and n > 0) \
-                if isinstance(evicted, dict) else 0
-            self._drop_reports.setdefault(device, []).append((seq, count))
+            self._drop_reports.setdefault(device, []).append((seq, _drop_pieces(seq, event)))
         elif event["type"] == "storage.recovered" and _is_int(event.get("resumed_at_seq")):
             self._recoveries.setdefault(device, []).append(int(event["resumed_at_seq"]))
         elif event["type"] in _RECORDS:
@@ -375,14 +375,9 @@ class PlatformLedger:
         recovered = max(self._recoveries.get(device, []), default=0)
         segments = [piece for a, b, cause in missing
                     for piece in _split(a, b, recovered, GapCause.STORAGE_RECOVERED, cause)]
-        for report, count in sorted(self._drop_reports.get(device, [])):
-            budget, carved = count, []
-            for a, b, cause in segments:
-                take = min(budget, b - a + 1, max(0, report - a)) \
-                    if cause is GapCause.UNEXPLAINED else 0
-                budget -= take
-                carved += _split(a, b, a + take, GapCause.EVICTED, cause)
-            segments = carved
+        for _, pieces in sorted(self._drop_reports.get(device, [])):
+            for count, low, high in pieces:
+                segments = _carve_evicted(segments, count, low, high)
         gaps: list[Gap] = []
         for a, b, cause in segments:
             if gaps and gaps[-1].cause is cause and gaps[-1].last == a - 1:
@@ -422,6 +417,43 @@ class PlatformLedger:
 
 def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _drop_pieces(report: int, event: Event) -> list[tuple[int, int, int]]:
+    """An ``outbox.dropped`` report as (count, lowest, highest seq) per class: the class's
+    span from ``seqs`` when the report gives one (first, being exact), else every seq
+    before the report (an older agent's report: counts only)."""
+    evicted, spans = event.get("evicted"), event.get("seqs")
+    spans = spans if isinstance(spans, dict) else {}
+    exact, loose = [], []
+    for cls, count in (evicted.items() if isinstance(evicted, dict) else ()):
+        if not _is_int(count) or count <= 0:
+            continue
+        span = spans.get(cls)
+        if isinstance(span, list) and len(span) == 2 and all(_is_int(v) for v in span) \
+                and 1 <= span[0] <= span[1]:
+            exact.append((count, span[0], span[1]))
+        else:
+            loose.append((count, 1, report - 1))
+    return exact + loose
+
+
+def _carve_evicted(segments: list[list[Any]], count: int, low: int,
+                   high: int) -> list[list[Any]]:
+    """Mark up to ``count`` unexplained missing seqs within ``low..high``, lowest first,
+    as evicted."""
+    carved: list[list[Any]] = []
+    for a, b, cause in segments:
+        if cause is not GapCause.UNEXPLAINED or count <= 0 or b < low or a > high:
+            carved.append([a, b, cause])
+            continue
+        start = max(a, low)
+        take = min(count, min(b, high) - start + 1)
+        count -= take
+        carved += [piece for piece in ([a, start - 1, cause],
+                                       [start, start + take - 1, GapCause.EVICTED],
+                                       [start + take, b, cause]) if piece[0] <= piece[1]]
+    return carved
 
 
 def _split(a: int, b: int, cut: int, below: GapCause, cause: GapCause) -> list[list[Any]]:

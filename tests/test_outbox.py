@@ -10,12 +10,14 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edge.audit_chain import GENESIS, verify_chain, verify_outbox
 from edge.clock import Reading, TimeQuality
 from edge.errors import StorageError
 from edge.outbox import EventClass, Outbox
-from edge.outbox_store import SCHEMA_VERSION, SEQ_LEASE
+from edge.outbox_store import SCHEMA_VERSION, SEQ_LEASE, Unreported
 
 
 def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
@@ -137,6 +139,69 @@ async def test_budget_evicts_oldest_telemetry_and_never_audit(tmp_path: Path) ->
     assert dropped
     assert dropped[0].fields["evicted"]["telemetry"] > 0
     assert [e.seq for e in audits] == sorted(e.seq for e in audits)
+
+
+async def test_the_drop_report_names_the_seqs_evicted_and_survives_a_restart(
+    tmp_path: Path
+) -> None:
+    path = tmp_path / "o.db"
+    async with Outbox(path, max_bytes=100_000) as outbox:
+        outbox._last_drop_report = float("inf")  # hold the report back: a crash comes first
+        telemetry = [await outbox.append("sensor.minute", {"n": i, "pad": "x" * 400},
+                                         event_class=EventClass.TELEMETRY) for i in range(400)]
+        kept = {e.seq for e in await outbox.peek(EventClass.TELEMETRY, limit=10_000,
+                                                  max_bytes=10**9)}
+        assert not [e for e in await outbox.peek(EventClass.ALARM) if e.type == "outbox.dropped"]
+    evicted = {e.seq for e in telemetry} - kept
+    assert evicted
+    async with Outbox(path, max_bytes=100_000) as reopened:
+        turn = await reopened.append("door.opened", {}, event_class=EventClass.STATE)
+        await asyncio.wait_for(reopened.wait_committed_after(turn.seq), 5)
+        [report] = [e for e in await reopened.peek(EventClass.ALARM)
+                    if e.type == "outbox.dropped"]
+    assert report.fields["evicted"] == {"telemetry": len(evicted)}
+    assert report.fields["seqs"] == {"telemetry": [min(evicted), max(evicted)]}
+
+
+async def test_drops_not_yet_reported_at_close_are_reported_at_the_next_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "o.db"
+    async with Outbox(path, max_bytes=100_000) as outbox:
+        outbox._last_drop_report = float("inf")
+        for i in range(300):
+            await outbox.append("sensor.minute", {"n": i, "pad": "x" * 400},
+                                event_class=EventClass.TELEMETRY)
+        outbox._last_drop_report = 0.0  # due now: closing must not try to queue it
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert rows(path, "SELECT key FROM meta WHERE key LIKE 'unreported%'") == [
+        ("unreported_drops_telemetry",)]
+
+
+@given(st.lists(st.lists(st.integers(1, 10**9), max_size=20), max_size=10))
+def test_unreported_drops_keep_their_count_and_span(drops: list[list[int]]) -> None:
+    unreported = Unreported()
+    for seqs in drops:
+        unreported = Unreported.from_meta(unreported.plus(seqs).to_meta())
+    every = [seq for seqs in drops for seq in seqs]
+    assert unreported.count == len(every)
+    assert (unreported.first, unreported.last) == ((min(every), max(every)) if every else (0, 0))
+
+
+@given(st.one_of(st.text(), st.from_regex(r"\A\[-?\d+, ?-?\d+, ?-?\d+\]\Z"),
+                 st.sampled_from(["true", "[1, 2]", "[1.5, 2, 3]", "{}", "null", "[true, 1, 2]"])))
+def test_unreported_drops_read_back_whatever_meta_holds(text: str) -> None:
+    unreported = Unreported.from_meta(text)  # never raises
+    assert all(type(v) is int for v in (unreported.count, unreported.first, unreported.last))
+    if unreported != Unreported():
+        assert type(json.loads(text)) in (int, list)
+
+
+def test_a_count_kept_before_spans_were_stays_a_count_with_an_unknown_span() -> None:
+    old = Unreported.from_meta("17")
+    assert (old.count, old.first, old.last) == (17, 0, 0)
+    old.add([40, 41])
+    assert (old.count, old.first, old.last) == (19, 0, 0)
 
 
 async def test_audit_beyond_the_budget_is_kept_and_raises_storage_full(tmp_path: Path) -> None:
