@@ -3,9 +3,8 @@
 One ``asyncio.TaskGroup`` with named tasks: ``link`` (broker connection), ``forwarder``
 (outbox to broker), ``reader`` (badge scans to decisions to unlocks), ``doors`` (door
 sensor changes to events), ``commands`` (signed platform commands) and ``documents``
-(denylists and trust bundles from the site topics). A decision is appended to the
-outbox, and so durable, before :meth:`LockerBank.unlock` energises anything
-(write-ahead audit); a limited-use badge is consumed durably before that.
+(denylists and trust bundles from the site topics). The access path, from a scan to a
+durable decision to an unlock (write-ahead audit), is :mod:`edge.access_flow`.
 """
 
 from __future__ import annotations
@@ -14,18 +13,16 @@ import asyncio
 import contextlib
 import json
 import logging
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gpiozero import DigitalOutputDevice
 
 from edge import __version__, remote_commands
-from edge.access import AUDIT_TARGET, AccessPolicy, Decision
+from edge.access_flow import AccessFlow
 from edge.battery_bays import BatteryBays
 from edge.calibration import CalibrationHistory
 from edge.clock import Reading, TrustedClock
@@ -40,38 +37,25 @@ from edge.forwarder import Forwarder
 from edge.gpio import build_pin_factory
 from edge.gpio_backend import GpioBackend
 from edge.health import HealthWatch
-from edge.link import LinkDown, LinkState, MqttLink, PublishRejected, backoff_delay
-from edge.locker_backend import LockerBackend, UnlockFailed
+from edge.link import LinkDown, LinkState, MqttLink, PublishRejected
+from edge.locker_backend import LockerBackend
 from edge.lockers import LockerBank
 from edge.maintenance import CalibrationRefused, Maintenance
 from edge.outbox import EventClass, Outbox, StoredEvent
-from edge.reasons import CREDENTIAL_FAILURES, Reason
 from edge.remote_config import RemoteConfigStore
 from edge.replay import ReplayCache
 from edge.sdnotify import Notifier
 from edge.sensors import SensorMonitor
 from edge.site_documents import SiteDocuments
-from edge.throttle import FailureThrottle
 from edge.topics import DeviceTopics
 from edge.trust import TrustStore
 from edge.uses import UseLedger
-from firmware_bridge.badge_reader import BadgeReaderDecoder, BadgeScan, GarbageLine
-from firmware_bridge.serial_port import AsyncSerialPort, SerialPortClosed, SerialPortError
 from provisioning.commands import CommandVerifier
 
 log = logging.getLogger(__name__)
 
 EventObserver = Callable[[StoredEvent], None]
 STATE_MIN_INTERVAL_S = 1.0
-
-
-@dataclass
-class AgentStats:
-    """Counters for the live view and the ``state`` snapshot."""
-
-    scans: int = 0
-    garbage_lines: int = 0
-    unlocks: int = 0
 
 
 class _StopRequested(Exception):
@@ -99,7 +83,6 @@ class Agent:
         self.config = config
         self.boot_id = uuid.uuid4().hex[:12]
         self.topics = DeviceTopics(config.device.site, config.device.id)
-        self.stats = AgentStats()
         self.clock = TrustedClock(config.storage.path.with_name("time.floor"), wall=wall_clock)
         self.outbox = Outbox(config.storage.path, max_bytes=config.storage.max_bytes,
                              clock=self.clock.now)
@@ -123,10 +106,6 @@ class Agent:
         self._state_changed = asyncio.Event()
         self.documents = SiteDocuments(self.trust, self.denylist, self.record,
                                        self._state_changed.set)
-        self._policy = self._build_policy()
-        self._throttle = FailureThrottle(
-            max_failures=config.access.max_failures, window_s=config.access.failure_window_s,
-            lockout_s=config.access.lockout_s)
         self._pin_factory = pin_factory
         self._observer = observer
         self._lockers: LockerBank | None = None
@@ -140,9 +119,14 @@ class Agent:
         self.bays = BatteryBays(config.batteries, key=self.device_key, device=config.device.id,
                                 site=config.device.site, clock=self.clock.now,
                                 record=self.record)
+        self.access = AccessFlow(config, trust=self.trust, denylist=self.denylist,
+                                 uses=self.uses, bays=self.bays, clock=self.clock.now,
+                                 record=self.record, settle=self._locker_events.join)
+        self.stats = self.access.stats
+        self.reader_ready = self.access.reader_ready  # set while the badge reader is open
         self.maintenance = Maintenance(
             device=config.device.id, site=config.device.site, key=self.device_key,
-            history=self.calibration, sensors=self.sensors, policy=lambda: self._policy,
+            history=self.calibration, sensors=self.sensors, policy=lambda: self.access.policy,
             clock=self.clock.now, record=self.record)
         self.control = ControlServer(state_dir / "control.sock", {
             "status": self._control_status, "queue": self._control_queue,
@@ -151,7 +135,6 @@ class Agent:
             "outbox": self.outbox.stuck,
             "lockers": lambda: None if self._lockers is None else self._lockers.stuck()})
         self.running = asyncio.Event()  # set once started: doors read, tasks starting
-        self.reader_ready = asyncio.Event()  # set while the badge reader's port is open
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; outputs are off and the database closed on return."""
@@ -190,7 +173,7 @@ class Agent:
                             "link": tg.create_task(self.link.run(), name="link"),
                             "forwarder": tg.create_task(self.forwarder.run(),
                                                         name="forwarder"),
-                            "reader": tg.create_task(self._read_badges(self._lockers),
+                            "reader": tg.create_task(self.access.read_badges(self._lockers),
                                                      name="reader"),
                             "lockers": tg.create_task(self._record_lockers(),
                                                       name="lockers"),
@@ -240,12 +223,6 @@ class Agent:
             self._observer(stored)
         return stored
 
-    def _build_policy(self) -> AccessPolicy:
-        config = self.config
-        return AccessPolicy(config.device.site, config.compartments,
-                            keys=self.trust.issuer_keys, access=config.access,
-                            leeway_s=config.trust.leeway_s, denylist=self.denylist)
-
     def command_verifier(self) -> CommandVerifier | None:
         """The verifier for the command keys in force (None: no command keys)."""
         ring = self.trust.command_keys()
@@ -254,44 +231,6 @@ class Agent:
                                        leeway_s=self.config.trust.leeway_s) if ring else None
             self._command_verifier = (ring, verifier)
         return self._command_verifier[1]
-
-    async def handle_scan(self, scan: BadgeScan, lockers: LockerBank) -> None:
-        """Decide a scan, make the decision durable, then (if granted) unlock."""
-        self.stats.scans += 1
-        now = self.clock.now()  # one reading: the time decided on is the time recorded
-        if self._throttle.locked:
-            decision = Decision(scan.compartment, Reason.LOCKED_OUT)
-        else:
-            decision = self._policy.decide(scan, now=now)
-        if decision.granted and decision.via == "badge":
-            decision = self.bays.gate(decision)
-        if decision.granted and decision.badge is not None:
-            decision = await self._consume_use(decision, now)
-        # Durable before the coil: append returns after the commit. If storage has failed
-        # (disk full), the decision is held in memory, storage.fault is raised, and the
-        # member still gets in: a full SD card must not lock the library.
-        stored = await self.record(decision.event_type, decision.event_fields(),
-                                    EventClass.AUDIT, now)
-        if not stored.durable:
-            log.error("decision seq %d held in memory only: storage has failed", stored.seq)
-        if decision.reason in CREDENTIAL_FAILURES and self._throttle.failure():
-            access = self.config.access
-            log.warning("reader locked for %.0fs after %d bad credentials", access.lockout_s,
-                        access.max_failures)
-            await self.record("reader.locked_out", {
-                "failures": access.max_failures, "window_s": access.failure_window_s,
-                "lockout_s": access.lockout_s}, EventClass.ALARM)
-        log.info("%s %s: %s", decision.event_type, decision.compartment, decision.reason.value)
-        if not decision.granted:
-            return
-        if decision.compartment == AUDIT_TARGET:
-            assert decision.badge is not None
-            await self.audit_mode(lockers, {"member": decision.badge.member,
-                                            "badge_id": decision.badge.badge_id})
-        else:
-            by = {} if decision.badge is None else {"member": decision.badge.member,
-                                                     "badge_id": decision.badge.badge_id}
-            await self.unlock(lockers, decision.compartment, by, loan=decision.via == "badge")
 
     async def _control_status(self, request: dict[str, Any]) -> dict[str, Any]:
         return {"state": await self.snapshot()}
@@ -304,82 +243,6 @@ class Agent:
             return await self.maintenance.calibrate(request)
         except CalibrationRefused as exc:
             raise ControlError(str(exc)) from exc
-
-    async def _consume_use(self, decision: Decision, now: Reading) -> Decision:
-        """A limited badge's use, durably recorded, or the decision refused: used up, or
-        unrecordable (fail closed: an unrecorded use could be used again)."""
-        assert decision.badge is not None
-        try:
-            if await self.uses.consume(decision.badge, now=now.ts):
-                return decision
-            return decision.refused(Reason.USED_UP)
-        except (sqlite3.Error, OSError) as exc:
-            log.error("cannot record a use of badge %s: %s", decision.badge.badge_id, exc)
-            await self.record("storage.fault", {"store": "uses", "error": str(exc)[:200]},
-                               EventClass.ALARM)
-            return decision.refused(Reason.STORAGE_FAULT)
-
-    async def unlock(self, lockers: LockerBank, compartment: str,
-                     by: dict[str, Any], *, loan: bool = False) -> int | None:
-        """Operate ``compartment``'s lock (its grant already recorded); the pulse in ms, or
-        None if it failed (the bank has emitted ``locker.unlock_failed``). ``loan``: a
-        member's own grant (a battery bay's loan starts only once its lock operated)."""
-        try:
-            pulse_ms: int | None = await lockers.unlock(compartment, by)
-            self.stats.unlocks += 1
-            self.bays.opened(compartment, by if loan else None)
-        except UnlockFailed:
-            pulse_ms = None
-        await self._locker_events.join()  # its events are recorded before what follows
-        return pulse_ms
-
-    async def audit_mode(self, lockers: LockerBank, by: dict[str, Any]) -> list[str]:
-        """Open every compartment in turn, ``access.audit_interval_s`` apart, each grant
-        recorded before its coil; ``by`` names who asked. Returns the ids opened (a
-        compartment whose unlock failed is left out, and its failure recorded)."""
-        ids = [c.id for c in self.config.compartments]
-        await self.record("audit_mode.started", {**by, "compartments": ids}, EventClass.AUDIT)
-        opened = []
-        for index, compartment in enumerate(ids):
-            if index:
-                await asyncio.sleep(self.config.access.audit_interval_s)
-            await self.record("access.granted", {"compartment": compartment, "reason":
-                                                  Reason.GRANTED.value, "via": "audit", **by},
-                               EventClass.AUDIT)
-            if await self.unlock(lockers, compartment, {"via": "audit", **by}) is not None:
-                opened.append(compartment)
-        await self.record("audit_mode.finished", {**by, "opened": len(opened)},
-                           EventClass.AUDIT)
-        return opened
-
-    async def _read_badges(self, lockers: LockerBank) -> None:
-        url = self.config.reader.url
-        attempt = 0
-        while True:
-            decoder = BadgeReaderDecoder()
-            try:
-                async with AsyncSerialPort(url, baudrate=self.config.reader.baudrate) as port:
-                    attempt = 0
-                    log.info("badge reader open on %s", url)
-                    self.reader_ready.set()
-                    async for chunk in port:
-                        for message in decoder.feed(chunk):
-                            await self._on_reader_message(message, lockers)
-            except (SerialPortError, SerialPortClosed) as exc:
-                self.reader_ready.clear()
-                delay = backoff_delay(attempt, 0.5, 30.0)
-                attempt += 1
-                log.warning("badge reader %s: %s; retry in %.1fs", url, exc, delay)
-                await asyncio.sleep(delay)
-
-    async def _on_reader_message(
-        self, message: BadgeScan | GarbageLine, lockers: LockerBank
-    ) -> None:
-        if isinstance(message, GarbageLine):
-            self.stats.garbage_lines += 1
-            log.warning("badge reader sent garbage (%s): %r", message.kind.value, message.sample)
-            return
-        await self.handle_scan(message, lockers)
 
     def _locker_event(self, emit: Emit) -> None:
         """From the locker bank, on the loop: record it (in order) with the time it
@@ -395,11 +258,8 @@ class Agent:
     def apply_config(self, config: SiteConfig) -> None:
         """A validated configuration (remote items changed): in force from now on."""
         self.config = config
-        self._policy = self._build_policy()
+        self.access.reconfigure(config)
         self._command_verifier = (None, None)  # rebuilt with the new leeway
-        self._throttle.reconfigure(max_failures=config.access.max_failures,
-                                   window_s=config.access.failure_window_s,
-                                   lockout_s=config.access.lockout_s)
         if self._lockers is not None:
             for compartment in config.compartments:
                 self._lockers.set_pulse(compartment.id, compartment.pulse_ms / 1000)

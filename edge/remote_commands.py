@@ -47,7 +47,7 @@ class RemoteCommands:
         await agent.record("access.granted", {"compartment": compartment,
                                               "reason": Reason.GRANTED.value, **by},
                            EventClass.AUDIT)
-        pulse_ms = await agent.unlock(lockers, str(compartment), by)
+        pulse_ms = await agent.access.unlock(lockers, str(compartment), by)
         if pulse_ms is None:
             raise CommandError(f"the lock of {compartment} was not operated (see the "
                                "locker.unlock_failed event)")
@@ -58,7 +58,7 @@ class RemoteCommands:
         lockers = self._agent.lockers
         if lockers is None:
             raise CommandError("the locker bank is not running")
-        opened = await self._agent.audit_mode(lockers, {"operator": context.operator})
+        opened = await self._agent.access.audit_mode(lockers, {"operator": context.operator})
         return {"opened": opened}
 
     async def set_config(self, args: dict[str, Any], context: Context) -> dict[str, Any]:
