@@ -22,7 +22,8 @@ rest:
   unexplained gap: nothing on the wire can say so;
 - the audit hash chain is recomputed per device (:meth:`~PlatformLedger.audit_chain`);
 - device-signed records (``record`` in ``sensor.calibrated`` and ``battery.swapped``) are
-  verified against the device's key, and checked against the event that carries them.
+  verified against the device's key, and checked against the event that carries them
+  (:mod:`simulators.platform_records`).
 """
 
 from __future__ import annotations
@@ -33,24 +34,25 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, TypeGuard
+from typing import Any, TypeGuard
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.audit_chain import GENESIS, link_hash
 from edge.events import EventClass
 from edge.topics import ROOT
-from provisioning.errors import TokenFault, TokenRejected
-from provisioning.keys import public_key_b64, public_key_from_b64, thumbprint_kid
-from provisioning.records import CalibrationRecord, RecordVerifier, SwapRecord
+from simulators.platform_records import (
+    RECORD_EVENTS,
+    RecordChecker,
+    RecordFault,
+    RejectedRecord,
+    VerifiedRecord,
+)
 
+__all__ = ["ChainStatus", "Gap", "GapCause", "PlatformLedger", "RecordFault", "RejectedRecord",
+           "VerifiedRecord"]
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _CLASSES = frozenset(c.value for c in EventClass)
-_RECORDS = {"sensor.calibrated": "calibration", "battery.swapped": "swap"}
-# event field -> record attribute, each of which the event restates unsigned
-_CALIBRATION_FIELDS = {"sensor": "sensor", "member": "maintainer", "badge_id": "badge_id",
-                       "version": "version", "passed": "passed"}
-_SWAP_FIELDS = {"compartment": "bay", "member": "member", "badge_id": "badge_id"}
 Event = dict[str, Any]
 
 
@@ -58,14 +60,6 @@ class GapCause(StrEnum):
     EVICTED = "evicted"  # counted by an outbox.dropped report
     STORAGE_RECOVERED = "storage_recovered"  # below a storage.recovered resumed_at_seq
     UNEXPLAINED = "unexplained"
-
-
-class RecordFault(StrEnum):
-    """Why a record was refused, beyond the token checks (:class:`TokenFault`)."""
-
-    NO_DEVICE_KEY = "no_device_key"  # neither pinned nor announced yet: retried later
-    MISSING_RECORD = "missing_record"  # the event carries no record string
-    EVENT_MISMATCH = "event_mismatch"  # the event says otherwise than its signed record
 
 
 @dataclass(frozen=True)
@@ -80,26 +74,6 @@ class Gap:
     @property
     def count(self) -> int:
         return self.last - self.first + 1
-
-
-@dataclass(frozen=True)
-class VerifiedRecord:
-    device: str
-    seq: int
-    event_type: str
-    record: CalibrationRecord | SwapRecord
-    key_source: Literal["pinned", "announced"]
-    token: str
-
-
-@dataclass(frozen=True)
-class RejectedRecord:
-    device: str
-    seq: int
-    event_type: str
-    reason: TokenFault | RecordFault
-    detail: str
-    token: str | None
 
 
 @dataclass(frozen=True)
@@ -163,12 +137,7 @@ class PlatformLedger:
         # (report seq, [(events evicted, lowest seq, highest seq)]) per outbox.dropped
         self._drop_reports: dict[str, list[tuple[int, list[tuple[int, int, int]]]]] = {}
         self._recoveries: dict[str, list[int]] = {}  # resumed_at_seq of storage.recovered
-        self._pinned = {d: public_key_from_b64(k) if isinstance(k, str) else k
-                        for d, k in (self.device_keys or {}).items()}
-        self._announced: dict[str, Ed25519PublicKey] = {}
-        self._verified: list[VerifiedRecord] = []
-        self._rejected: list[RejectedRecord] = []
-        self._unkeyed: list[tuple[str, int, Event]] = []
+        self._records = RecordChecker(self.site, self.device_keys, self.key_warnings)
         self._answers: dict[tuple[str, str], dict[str, Any]] = {}  # (device, request) -> reply
 
     # --- ingest -----------------------------------------------------------------------------
@@ -233,7 +202,7 @@ class PlatformLedger:
         if body.get("device") != device:
             raise _Malformed(f"state of device {body.get('device')!r} on {device}'s topic")
         self.states[device] = body
-        self._learn_key(device, body.get("device_key"))
+        self._records.learn_key(device, body.get("device_key"))
 
     def _take_reply(self, device: str, body: dict[str, Any], correlation: bytes | None) -> None:
         if not isinstance(body.get("id"), str) or not isinstance(body.get("ok"), bool):
@@ -273,75 +242,17 @@ class PlatformLedger:
             self._drop_reports.setdefault(device, []).append((seq, _drop_pieces(seq, event)))
         elif event["type"] == "storage.recovered" and _is_int(event.get("resumed_at_seq")):
             self._recoveries.setdefault(device, []).append(int(event["resumed_at_seq"]))
-        elif event["type"] in _RECORDS:
-            self._check_record(device, seq, event)
+        elif event["type"] in RECORD_EVENTS:
+            self._records.check(device, seq, event)
     # --- records ------------------------------------------------------------------------
-    def _learn_key(self, device: str, announced: Any) -> None:
-        if not isinstance(announced, dict):
-            return
-        kid, text = announced.get("kid"), announced.get("public_key")
-        try:
-            key = public_key_from_b64(text) if isinstance(text, str) else None
-        except ValueError:
-            key = None
-        if key is None or thumbprint_kid(key) != kid:
-            self.key_warnings[device] = f"announced an unusable key (kid {kid!r})"
-            return
-        pinned = self._pinned.get(device)
-        if pinned is not None:
-            if public_key_b64(pinned) != text:
-                self.key_warnings[device] = f"announces kid {kid}, not its pinned key " \
-                                            f"{thumbprint_kid(pinned)}"
-            return
-        self._announced[device] = key
-        waiting = [w for w in self._unkeyed if w[0] == device]
-        self._unkeyed = [w for w in self._unkeyed if w[0] != device]
-        for _, seq, event in waiting:
-            self._check_record(device, seq, event)
-
-    def _check_record(self, device: str, seq: int, event: Event) -> None:
-        token, event_type = event.get("record"), str(event["type"])
-
-        def reject(reason: TokenFault | RecordFault, detail: str) -> None:
-            self._rejected.append(RejectedRecord(device, seq, event_type, reason, detail,
-                                                 token if isinstance(token, str) else None))
-
-        if not isinstance(token, str):
-            reject(RecordFault.MISSING_RECORD, f"{event_type} without a record")
-            return
-        pinned = self._pinned.get(device)
-        key = pinned or self._announced.get(device)
-        if key is None:
-            self._unkeyed.append((device, seq, event))
-            return
-        verifier = RecordVerifier({thumbprint_kid(key): key}, site=self.site, device=device)
-        try:
-            record: CalibrationRecord | SwapRecord = verifier.verify_calibration(token) \
-                if _RECORDS[event_type] == "calibration" else verifier.verify_swap(token)
-        except TokenRejected as exc:
-            reject(exc.fault, exc.detail)
-            return
-        restated = _CALIBRATION_FIELDS if isinstance(record, CalibrationRecord) else _SWAP_FIELDS
-        for name, attribute in restated.items():
-            if event.get(name) != getattr(record, attribute):
-                reject(RecordFault.EVENT_MISMATCH, f"event {name} {event.get(name)!r}, record "
-                       f"{getattr(record, attribute)!r}")
-                return
-        self._verified.append(VerifiedRecord(device, seq, event_type, record,
-                                             "pinned" if pinned else "announced", token))
-
     def verified_records(self) -> list[VerifiedRecord]:
         """Records that verified against the device's key and agree with their event."""
-        return list(self._verified)
+        return self._records.verified()
 
     def rejected_records(self) -> list[RejectedRecord]:
         """Records refused, with the reason; those waiting for a device key are listed as
         ``no_device_key`` until the device's ``state`` announces one."""
-        waiting = [RejectedRecord(d, s, str(e["type"]), RecordFault.NO_DEVICE_KEY,
-                                  "no pinned or announced key for the device",
-                                  e["record"] if isinstance(e.get("record"), str) else None)
-                   for d, s, e in self._unkeyed]
-        return [*self._rejected, *waiting]
+        return self._records.rejected()
 
     # --- checks -------------------------------------------------------------------------
     def of_type(self, event_type: str) -> list[Event]:
