@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.access import AUDIT_TARGET, AccessPolicy, Decision
+from edge.backoff import backoff_delay
 from edge.battery_bays import BatteryBays
 from edge.clock import Reading
 from edge.config import SiteConfig
 from edge.denylist import DenylistStore
 from edge.events import EventClass, StoredEvent
-from edge.link import backoff_delay
 from edge.locker_backend import UnlockFailed
 from edge.lockers import LockerBank
 from edge.reasons import CREDENTIAL_FAILURES, Reason

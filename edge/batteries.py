@@ -20,10 +20,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from edge.backoff import backoff_delay
 from edge.battery_state import BatteryState, charger_should_run, readiness
 from edge.config import BatteryConfig
 from edge.events import EventClass
-from edge.link import backoff_delay
 from firmware_bridge import jbd_bms, vedirect
 from firmware_bridge.serial_port import AsyncSerialPort, SerialPortClosed, SerialPortError
 

@@ -1,6 +1,7 @@
 """TLS for the MQTT link: the client context, and a connect that never leaks a socket.
 
-Part of the paho adapter (:mod:`edge.link`); nothing else uses it.
+Part of the MQTT link (:mod:`edge.link` builds the context and connects with it); nothing
+else uses it.
 """
 
 from __future__ import annotations

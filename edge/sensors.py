@@ -22,11 +22,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from edge.backoff import backoff_delay
 from edge.calibration import CalibrationHistory
 from edge.clock import Reading
 from edge.config import SensorConfig
 from edge.events import EventClass
-from edge.link import backoff_delay
 from edge.sensor_stats import HealthChange, MinuteAggregator, SensorHealth
 from firmware_bridge import pms5003, sds011
 from firmware_bridge.serial_port import AsyncSerialPort, SerialPortClosed, SerialPortError

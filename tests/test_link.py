@@ -17,16 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.backoff import STABLE_AFTER_MIN_S, ReconnectBackoff, backoff_delay, stable_after_s
 from edge.config import MqttConfig
-from edge.link import (
-    STABLE_AFTER_MIN_S,
-    LinkDown,
-    LinkState,
-    MqttLink,
-    ReconnectBackoff,
-    backoff_delay,
-    stable_after_s,
-)
+from edge.link import LinkDown, LinkState, MqttLink
 from edge.topics import DeviceTopics
 from simulators.broker import MosquittoBroker
 from simulators.tcp_proxy import FaultyProxy
