@@ -1,12 +1,12 @@
 """The live terminal view of ``curbside sim``: one screen of what a simulated site is doing.
 
-Presentation only, for developers' machines (``rich`` comes with the ``sim`` extra). It
-knows nothing of how the site is built: a :class:`LiveModel` carries the agent's state
-snapshot (the shape of ``Agent.snapshot()``), the MQTT link state, the latest events and
-the simulator's notes, and :func:`render` turns it into a rich renderable of about
-100 x 30 cells. Every part of the snapshot may be missing, ``None`` or oddly typed: such a
-value shows as ``—`` and never raises, since the view must not be what brings a
-simulation down.
+Simulator layer, presentation only, for developers' machines (``rich`` comes with the
+``sim`` extra). It knows nothing of how the site is built: a :class:`LiveModel` carries the
+agent's state snapshot (the shape of ``Agent.snapshot()``), the MQTT link state, the latest
+events and the simulator's notes, and :func:`render` turns it into a rich renderable of
+about 100 x 30 cells. Every part of the snapshot may be missing, ``None`` or oddly typed:
+such a value shows as ``—`` and never raises, since the view must not be what brings a
+simulation down (:mod:`simulators.live_format` turns such values into text).
 
 :class:`LiveView` polls an async source and redraws with ``rich.live.Live`` while the
 console is interactive. When it is not (output piped or sent to a file, or ``TERM=dumb``)
@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
-from rich.control import strip_control_codes
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -35,15 +33,25 @@ from edge.clock import TimeQuality
 from edge.compartment import State
 from edge.events import EventClass
 from edge.link import LinkState
+from simulators.live_format import (
+    ALARM_STATES,
+    MISSING,
+    clip,
+    clock_time,
+    format_value,
+    is_alarm,
+    items,
+    mapping,
+    number,
+    show,
+)
 
 __all__ = ["EVENTS_SHOWN", "NOTES_SHOWN", "LiveModel", "LiveView", "plain_summary", "render"]
 
 EVENTS_SHOWN = 6  # the last events listed, so that a frame fits 100 x 30
 NOTES_SHOWN = 3
-MISSING = "—"
 ALARM_MARK = "!"  # beside alarm states and in the header, so alarms survive without colour
 
-ALARM_STATES = frozenset({State.FORCED, State.HELD_OPEN, State.FAULT, State.UNLOCK_FAILED})
 STATE_STYLES: Mapping[str, str] = {
     State.LOCKED: "green", State.UNLOCKING: "cyan", State.UNLOCKED: "cyan",
     State.OPEN: "yellow", State.AJAR: "bold yellow", State.RELOCKING: "cyan",
@@ -63,7 +71,6 @@ CLASS_STYLES: Mapping[str, str] = {
 }
 DOOR_STYLES: Mapping[str, str] = {"open": "yellow", "closed": "green"}
 _SENSOR_VALUES_SHOWN = 5
-_BIG_INT = 10**18  # larger ints are no reading; and str() of a huge int may itself raise
 
 
 @dataclass(frozen=True)
@@ -82,86 +89,10 @@ class LiveModel:
     title: str = "Curbside sim"
 
 
-# --- defensive access and formatting -------------------------------------------------------
-
-def _is_alarm(state: object) -> bool:
-    return isinstance(state, str) and state in ALARM_STATES
-
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _items(value: object) -> list[Any]:
-    """A list or tuple as a list; anything else (a string, a number, None) as empty."""
-    return list(value) if isinstance(value, list | tuple) else []
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _clip(text: str, limit: int) -> str:
-    """One line of at most ``limit`` characters, without control codes."""
-    line = " ".join(strip_control_codes(text).split())
-    return line if len(line) <= limit else line[: max(0, limit - 1)] + "…"
-
-
-def _format_scalar(value: object) -> str | None:
-    """JSON's scalars as text; ``None`` for anything else."""
-    if value is None:
-        return MISSING
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value) if abs(value) < _BIG_INT else ("-" if value < 0 else "") + "≫1e18"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, str):
-        return value or MISSING
-    return None
-
-
-def _format(value: object, depth: int = 0) -> str:
-    scalar = _format_scalar(value)
-    if scalar is not None:
-        return scalar
-    if depth >= 2:
-        return "…"
-    if isinstance(value, Mapping):
-        pairs = islice(value.items(), 8)
-        return "{" + " ".join(f"{_format(k, 2)}={_format(v, depth + 1)}" for k, v in pairs) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_format(v, depth + 1) for v in value[:8]) + "]"
-    return type(value).__name__  # not str(value): an unknown object's __str__ may raise
-
-
-def _show(value: object, limit: int = 40) -> str:
-    """Any value as one short line; ``None`` as ``—``."""
-    return _clip(_format(value), limit)
-
-
-def _number(value: object, spec: str, unit: str = "") -> str:
-    if not _is_number(value):
-        return _show(value, 12)
-    try:
-        return f"{value:{spec}}{unit}"
-    except (ValueError, OverflowError):  # an int too large for a float format
-        return _show(value, 12)
-
-
-def _clock_time(ts: object) -> str:
-    """Unix seconds as local ``HH:MM:SS``, the way a developer reads the laptop's clock."""
-    if isinstance(ts, bool) or not isinstance(ts, int | float):
-        return MISSING
-    try:
-        return datetime.datetime.fromtimestamp(ts).strftime("%H:%M:%S")
-    except (ValueError, OverflowError, OSError):  # NaN, or outside the platform's range
-        return MISSING
-
+# --- styling (the text itself comes from simulators.live_format) -----------------------------
 
 def _styled(value: object, styles: Mapping[str, str], limit: int = 24) -> Text:
-    shown = _show(value, limit)
+    shown = show(value, limit)
     return Text(shown, style=styles.get(value, "") if isinstance(value, str) else "")
 
 
@@ -175,89 +106,89 @@ def _table(title: str, *, expand: bool = False) -> Table:
 
 def _alarms(state: Mapping[str, Any]) -> list[str]:
     """``"A1 forced"`` for each compartment in an alarm state, and an outbox fault."""
-    found = [f"{_show(cid, 12)} {cs}"
-             for cid, cs in _mapping(state.get("compartments")).items() if _is_alarm(cs)]
-    if _mapping(state.get("outbox")).get("fault") is not None:
+    found = [f"{show(cid, 12)} {cs}"
+             for cid, cs in mapping(state.get("compartments")).items() if is_alarm(cs)]
+    if mapping(state.get("outbox")).get("fault") is not None:
         found.append("outbox fault")
     return found
 
 
 def _header(model: LiveModel, state: Mapping[str, Any]) -> Text:
     head = Text()
-    head.append(_show(model.title, 30), style="bold")
-    head.append(f"  {_show(state.get('site'), 24)}/{_show(state.get('device'), 24)}")
-    head.append(f"  agent {_show(state.get('version'), 12)}"
-                f"  boot {_show(state.get('boot_id'), 12)}"
-                f"  at {_clock_time(state.get('ts'))}", style="dim")
+    head.append(show(model.title, 30), style="bold")
+    head.append(f"  {show(state.get('site'), 24)}/{show(state.get('device'), 24)}")
+    head.append(f"  agent {show(state.get('version'), 12)}"
+                f"  boot {show(state.get('boot_id'), 12)}"
+                f"  at {clock_time(state.get('ts'))}", style="dim")
     head.append("\nlink ").append_text(_styled(model.link, LINK_STYLES, 12))
     head.append("  time ").append_text(_styled(state.get("tq"), TIME_STYLES, 12))
     hardware = state.get("hardware_link")
     head.append("  hardware ").append_text(
         Text("up", style="green") if hardware is True else
         Text("down", style="bold red") if hardware is False else Text(MISSING))
-    head.append(f"  denylist {_show(state.get('denylist_version'), 12)}"
-                f"  trust {_show(state.get('trust_version'), 12)}")
-    stats = _mapping(state.get("stats"))
-    head.append(f"  scans {_show(stats.get('scans'), 8)}"
-                f"  unlocks {_show(stats.get('unlocks'), 8)}", style="dim")
+    head.append(f"  denylist {show(state.get('denylist_version'), 12)}"
+                f"  trust {show(state.get('trust_version'), 12)}")
+    stats = mapping(state.get("stats"))
+    head.append(f"  scans {show(stats.get('scans'), 8)}"
+                f"  unlocks {show(stats.get('unlocks'), 8)}", style="dim")
     alarms = _alarms(state)
     if alarms:
-        head.append(f"\n{ALARM_MARK} ALARM: " + _clip(", ".join(alarms), 88), style="bold red")
+        head.append(f"\n{ALARM_MARK} ALARM: " + clip(", ".join(alarms), 88), style="bold red")
     return head
 
 
 def _compartments(state: Mapping[str, Any]) -> Table:
-    states = _mapping(state.get("compartments"))
-    doors = _mapping(state.get("doors"))
+    states = mapping(state.get("compartments"))
+    doors = mapping(state.get("doors"))
     table = _table("Compartments")
     for name in ("compartment", "state", "door"):
         table.add_column(name, no_wrap=True)
     for cid in dict.fromkeys([*states, *doors]):  # the site's order, doors-only ones after
         cs = states.get(cid)
         shown = _styled(cs, STATE_STYLES)
-        if _is_alarm(cs):
+        if is_alarm(cs):
             shown.append(f" {ALARM_MARK}")
-        table.add_row(Text(_show(cid, 16)), shown, _styled(doors.get(cid), DOOR_STYLES))
+        table.add_row(Text(show(cid, 16)), shown, _styled(doors.get(cid), DOOR_STYLES))
     if not states and not doors:
         table.add_row(Text(MISSING), Text(MISSING), Text(MISSING))
     return table
 
 
 def _outbox(state: Mapping[str, Any]) -> Table:
-    outbox = _mapping(state.get("outbox"))
-    depth, sizes = _mapping(outbox.get("by_class")), _mapping(outbox.get("bytes_by_class"))
-    dropped = _mapping(outbox.get("dropped"))
+    outbox = mapping(state.get("outbox"))
+    depth, sizes = mapping(outbox.get("by_class")), mapping(outbox.get("bytes_by_class"))
+    dropped = mapping(outbox.get("dropped"))
     table = _table("Outbox")
     for name in ("class", "depth", "bytes", "dropped"):
         table.add_column(name, no_wrap=True, justify="left" if name == "class" else "right")
     for cls in dict.fromkeys([*(c.value for c in EventClass), *depth, *dropped]):
-        table.add_row(_styled(cls, CLASS_STYLES, 12), Text(_show(depth.get(cls), 10)),
-                      Text(_show(sizes.get(cls), 12)), Text(_show(dropped.get(cls), 10)))
-    caption = Text(f"total {_show(outbox.get('depth'), 10)}"
-                   f"  oldest {_number(outbox.get('oldest_age_s'), '.1f', ' s')}"
-                   f"  held {_show(outbox.get('held_in_memory'), 10)}")
+        table.add_row(_styled(cls, CLASS_STYLES, 12), Text(show(depth.get(cls), 10)),
+                      Text(show(sizes.get(cls), 12)), Text(show(dropped.get(cls), 10)))
+    caption = Text(f"total {show(outbox.get('depth'), 10)}"
+                   f"  oldest {number(outbox.get('oldest_age_s'), '.1f', ' s')}"
+                   f"  held {show(outbox.get('held_in_memory'), 10)}")
     if outbox.get("fault") is not None:
-        caption.append(f"\nfault: {_show(outbox.get('fault'), 60)}", style="bold red")
+        caption.append(f"\nfault: {show(outbox.get('fault'), 60)}", style="bold red")
     table.caption, table.caption_justify = caption, "left"
     return table
 
 
 def _sensors(sensors: Mapping[str, Any]) -> Table:
-    latest = {sid: _mapping(_mapping(s).get("latest")) for sid, s in sensors.items()}
+    latest = {sid: mapping(mapping(s).get("latest")) for sid, s in sensors.items()}
     keys = list(islice(dict.fromkeys(k for values in latest.values() for k in values),
                        _SENSOR_VALUES_SHOWN))
     table = _table("Sensors", expand=True)
-    for name in ("sensor", "kind", *(_show(k, 10) for k in keys), "samples"):
+    for name in ("sensor", "kind", *(show(k, 10) for k in keys), "samples"):
         table.add_column(name, no_wrap=True)
     table.add_column("health", no_wrap=True, overflow="ellipsis", ratio=1)
     for sid, raw in sensors.items():
-        status = _mapping(raw)
-        problems = [_show(p) for p in _items(status.get("problems"))]
+        status = mapping(raw)
+        problems = [show(p) for p in items(status.get("problems"))]
         health = Text("; ".join(problems), style="bold red") if problems else \
             Text("ok", style="green") if status.get("problems") is not None else Text(MISSING)
-        table.add_row(Text(_show(sid, 16)), Text(_show(status.get("kind"), 10)),
-                      *(Text(_show(latest[sid].get(k), 10)) for k in keys),
-                      Text(_show(status.get("samples"), 10)), health)
+        table.add_row(Text(show(sid, 16)), Text(show(status.get("kind"), 10)),
+                      *(Text(show(latest[sid].get(k), 10)) for k in keys),
+                      Text(show(status.get("samples"), 10)), health)
     return table
 
 
@@ -268,7 +199,7 @@ def _battery_status(status: Mapping[str, Any]) -> Text:
     if status.get("ready") is True:
         return Text(charging + "ready", style="green")
     if status.get("ready") is False:
-        problems = "; ".join(_show(p, 60) for p in _items(status.get("problems")))
+        problems = "; ".join(show(p, 60) for p in items(status.get("problems")))
         return Text(f"{charging}not ready: {problems or MISSING}", style="bold red")
     return Text(charging + MISSING)
 
@@ -280,13 +211,13 @@ def _batteries(batteries: Mapping[str, Any]) -> Table:
                          else "right")
     table.add_column("status", no_wrap=True, overflow="ellipsis", ratio=1)
     for bid, raw in batteries.items():
-        status = _mapping(raw)
-        reading = _mapping(status.get("reading"))
-        temps = [_number(t, ".1f") for t in _items(reading.get("temperatures_c"))[:3]]
-        table.add_row(Text(_show(bid, 16)), Text(_show(status.get("compartment"), 8)),
-                      Text(_number(reading.get("soc_pct"), ".0f", " %")),
-                      Text(_number(reading.get("voltage_v"), ".2f", " V")),
-                      Text(_number(reading.get("current_a"), "+.1f", " A")),
+        status = mapping(raw)
+        reading = mapping(status.get("reading"))
+        temps = [number(t, ".1f") for t in items(reading.get("temperatures_c"))[:3]]
+        table.add_row(Text(show(bid, 16)), Text(show(status.get("compartment"), 8)),
+                      Text(number(reading.get("soc_pct"), ".0f", " %")),
+                      Text(number(reading.get("voltage_v"), ".2f", " V")),
+                      Text(number(reading.get("current_a"), "+.1f", " A")),
                       Text("/".join(temps) + " °C" if temps else MISSING),
                       _battery_status(status))
     return table
@@ -295,13 +226,13 @@ def _batteries(batteries: Mapping[str, Any]) -> Table:
 def _fields(event: Mapping[str, Any]) -> str:
     fields = event.get("fields")
     if not isinstance(fields, Mapping):
-        return "" if fields is None else _show(fields, 80)
-    return _clip(" ".join(f"{_format(k, 2)}={_format(v, 1)}" for k, v in
+        return "" if fields is None else show(fields, 80)
+    return clip(" ".join(f"{format_value(k, 2)}={format_value(v, 1)}" for k, v in
                           islice(fields.items(), 12)), 80)
 
 
 def _last_events(events: object, count: int) -> list[Mapping[str, Any]]:
-    return [e for e in _items(events) if isinstance(e, Mapping)][-count:] if count > 0 else []
+    return [e for e in items(events) if isinstance(e, Mapping)][-count:] if count > 0 else []
 
 
 def _events(events: list[Mapping[str, Any]]) -> Table:
@@ -312,8 +243,8 @@ def _events(events: list[Mapping[str, Any]]) -> Table:
     for event in events:
         cls = event.get("class")
         alarm = cls == EventClass.ALARM
-        table.add_row(Text(_show(event.get("seq"), 10)), Text(_clock_time(event.get("ts"))),
-                      _styled(cls, CLASS_STYLES, 10), Text(_show(event.get("type"), 32)),
+        table.add_row(Text(show(event.get("seq"), 10)), Text(clock_time(event.get("ts"))),
+                      _styled(cls, CLASS_STYLES, 10), Text(show(event.get("type"), 32)),
                       Text(_fields(event)), style="bold red" if alarm else None)
     if not events:
         table.add_row(Text(MISSING), Text(""), Text(""), Text("no events yet", style="dim"),
@@ -328,20 +259,20 @@ def render(model: LiveModel, *, events_shown: int = EVENTS_SHOWN,
     Sensors and batteries appear only when the snapshot has some. Never raises on odd
     input: what is missing or malformed shows as ``—``.
     """
-    state = _mapping(model.state)
+    state = mapping(model.state)
     top = Table.grid(padding=(0, 4))
     top.add_row(_compartments(state), _outbox(state))
     parts: list[RenderableType] = [_header(model, state), top]
-    sensors, batteries = _mapping(state.get("sensors")), _mapping(state.get("batteries"))
+    sensors, batteries = mapping(state.get("sensors")), mapping(state.get("batteries"))
     if sensors:
         parts.append(_sensors(sensors))
     if batteries:
         parts.append(_batteries(batteries))
     parts.append(_events(_last_events(model.events, events_shown)))
-    notes = _items(model.notes)[-notes_shown:] if notes_shown > 0 else []
+    notes = items(model.notes)[-notes_shown:] if notes_shown > 0 else []
     if notes:
         parts.append(Text("Simulator", style="bold"))
-        parts.extend(Text(f"• {_show(note, 96)}", style="dim") for note in notes)
+        parts.extend(Text(f"• {show(note, 96)}", style="dim") for note in notes)
     return Group(*parts)
 
 
@@ -351,24 +282,24 @@ def plain_summary(model: LiveModel) -> str:
     ``link up | doors A1 closed, B1 open (forced!) | outbox 3 (alarm 1, state 2) |
     last #42 alarm door.forced_open compartment=B1``
     """
-    state = _mapping(model.state)
-    compartments, doors = _mapping(state.get("compartments")), _mapping(state.get("doors"))
+    state = mapping(model.state)
+    compartments, doors = mapping(state.get("compartments")), mapping(state.get("doors"))
     shown = []
     for cid in dict.fromkeys([*compartments, *doors]):
         cs = compartments.get(cid)
-        alarm = f" ({_show(cs, 16)}{ALARM_MARK})" if _is_alarm(cs) else ""
-        shown.append(f"{_show(cid, 16)} {_show(doors.get(cid), 8)}{alarm}")
-    outbox = _mapping(state.get("outbox"))
-    by_class = ", ".join(f"{_show(c, 12)} {_show(n, 10)}" for c, n in
-                         _mapping(outbox.get("by_class")).items() if n)
-    depth = _show(outbox.get("depth"), 10) + (f" ({by_class})" if by_class else "")
+        alarm = f" ({show(cs, 16)}{ALARM_MARK})" if is_alarm(cs) else ""
+        shown.append(f"{show(cid, 16)} {show(doors.get(cid), 8)}{alarm}")
+    outbox = mapping(state.get("outbox"))
+    by_class = ", ".join(f"{show(c, 12)} {show(n, 10)}" for c, n in
+                         mapping(outbox.get("by_class")).items() if n)
+    depth = show(outbox.get("depth"), 10) + (f" ({by_class})" if by_class else "")
     last = _last_events(model.events, 1)
     last_shown = MISSING if not last else (
-        f"#{_show(last[0].get('seq'), 10)} {_show(last[0].get('class'), 10)} "
-        f"{_show(last[0].get('type'), 32)} {_fields(last[0])}".rstrip())
-    line = (f"link {_show(model.link, 12)} | doors {', '.join(shown) or MISSING} | "
+        f"#{show(last[0].get('seq'), 10)} {show(last[0].get('class'), 10)} "
+        f"{show(last[0].get('type'), 32)} {_fields(last[0])}".rstrip())
+    line = (f"link {show(model.link, 12)} | doors {', '.join(shown) or MISSING} | "
             f"outbox {depth} | last {last_shown}")
-    return _clip(line, 240)
+    return clip(line, 240)
 
 
 # --- the refresh loop -----------------------------------------------------------------------
