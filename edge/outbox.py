@@ -7,11 +7,12 @@ events per fsync). WAL mode with ``synchronous=FULL`` for every class: group com
 full durability cheap, so nothing is weakened for lower classes.
 
 Events leave only through :meth:`Outbox.ack` (after the broker's PUBACK) or by eviction
-when the byte budget is exhausted: oldest telemetry first, then oldest state; audit and
-alarm events are never evicted. Audit events are hash-chained (:mod:`edge.audit_chain`).
-A corrupt file is moved aside at open and a ``storage.recovered`` alarm queued; a full
-disk never blocks a producer: events are held in memory and ``storage.fault`` raised
-until writes succeed again. See docs/architecture.md.
+when the byte budget is exhausted (:mod:`edge.outbox_budget`): oldest telemetry first, then
+oldest state; audit and alarm events are never evicted. The writer stamps seqs and chains
+audit events as it commits them (:mod:`edge.outbox_stamp`). A corrupt file is moved aside
+at open and a ``storage.recovered`` alarm queued; a full disk never blocks a producer:
+events are held in memory and ``storage.fault`` raised until writes succeed again.
+See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -19,31 +20,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 import aiosqlite
 
-from edge.audit_chain import GENESIS, link_hash
-from edge.clock import Reading, TimeQuality
+from edge.audit_chain import GENESIS
+from edge.clock import Reading
 from edge.errors import StorageError
 from edge.events import RESERVED_FIELDS, EventClass, OutboxStats, StoredEvent
+from edge.outbox_budget import Budget
+from edge.outbox_stamp import Pending, Stamper, unverified_clock
 from edge.outbox_store import (
     CorruptDatabase,
     SeqLease,
-    Unreported,
     WriterConnection,
     check_integrity,
-    migrate,
+    create_or_migrate,
     move_aside,
 )
 
@@ -51,56 +50,8 @@ __all__ = ["EventClass", "Outbox", "OutboxStats", "StoredEvent"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-CHECKPOINT_INTERVAL_S = 30.0
-DROP_REPORT_INTERVAL_S = 60.0
 MAX_BATCH = 8192
 HELD_RETRY_S = 5.0
-
-
-@dataclass(slots=True)
-class _Pending:
-    event_type: str
-    fields: dict[str, Any]
-    event_class: EventClass
-    ts: float
-    tq: str
-    future: asyncio.Future[StoredEvent] | None
-
-
-@dataclass
-class _Counters:
-    depth: dict[EventClass, int] = field(default_factory=lambda: dict.fromkeys(EventClass, 0))
-    bytes: dict[EventClass, int] = field(default_factory=lambda: dict.fromkeys(EventClass, 0))
-    dropped: dict[EventClass, int] = field(default_factory=lambda: dict.fromkeys(EventClass, 0))
-    unreported: dict[EventClass, Unreported] = field(
-        default_factory=lambda: {c: Unreported() for c in EventClass})
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps builds one per call
-
-
-def _unreported_key(cls: EventClass) -> str:
-    return f"unreported_drops_{cls.value}"
-
-
-def _millis(t: float) -> float:
-    """``t`` to the millisecond (round() with digits is slow on the append path)."""
-    return int(t * 1000 + 0.5) / 1000
-
-
-def _body(fields: Mapping[str, Any]) -> str:
-    return _ENCODER.encode(fields)
-
-
-def _event(p: _Pending, seq: int, fields: Mapping[str, Any], *,
-           digest: str | None = None) -> StoredEvent:
-    return StoredEvent(seq, p.ts, p.event_type, p.event_class, _body(fields), tq=p.tq,
-                       fields=fields, digest=digest)
-
-
-def _unverified_clock() -> Reading:
-    """Without a :class:`TrustedClock`: the wall clock, honestly flagged as unverified."""
-    return Reading(time.time(), TimeQuality.UNTRUSTED)
 
 
 class Outbox:
@@ -108,33 +59,37 @@ class Outbox:
 
     def __init__(self, path: Path, *, max_bytes: int = 64 * 1024 * 1024,
                  reserve_fraction: float = 0.1,
-                 clock: Callable[[], Reading] = _unverified_clock) -> None:
+                 clock: Callable[[], Reading] = unverified_clock) -> None:
         self.path = path
-        self._clock = clock
-        self.max_bytes = max_bytes
-        self.evictable_limit = int(max_bytes * (1 - reserve_fraction))
+        self._stamper = Stamper(clock)
+        self._budget = Budget(path, max_bytes, int(max_bytes * (1 - reserve_fraction)),
+                              on_writer=self._on_writer)
         self._db: aiosqlite.Connection | None = None  # reads
         self._writer_db: WriterConnection | None = None  # writes, on their own thread
         self._executor: ThreadPoolExecutor | None = None
-        self._c = _Counters()
         self._changed = asyncio.Condition()
-        self._queue: list[_Pending] = []
+        self._queue: list[Pending] = []
         self._queued = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._progress = time.monotonic()  # the writer's last sign of life
         self._write_lock = asyncio.Lock()
-        self._next_seq = 1
-        self._audit_head = GENESIS
         self._lease = SeqLease.load(path)
         self._held: list[StoredEvent] = []  # committed nowhere yet: storage has failed
         self._fault: str | None = None
-        self._full_alarm = False
-        self._last_checkpoint = time.monotonic()
-        self._last_drop_report = 0.0
         self.recovered_from: Path | None = None
         self.committed_seq = 0  # highest seq committed so far
         self._closing = False
         self._last_failure = 0.0
+
+    @property
+    def max_bytes(self) -> int:
+        """The byte budget: the events and the WAL stay within it."""
+        return self._budget.max_bytes
+
+    @property
+    def evictable_limit(self) -> int:
+        """Telemetry and state are evicted beyond this; the rest is kept for the others."""
+        return self._budget.evictable_limit
 
     # --- life cycle ---------------------------------------------------------------------
     async def __aenter__(self) -> Outbox:
@@ -174,14 +129,10 @@ class Outbox:
         if reason is not None:
             await self.append("storage.recovered", {
                 "reason": reason, "moved_to": str(self.recovered_from),
-                "resumed_at_seq": self._next_seq}, event_class=EventClass.ALARM)
+                "resumed_at_seq": self._stamper.next_seq}, event_class=EventClass.ALARM)
 
     def _prepare_file(self) -> str | None:
         """Integrity check (moving a bad file aside), then migrations. Runs in a thread."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"{self.path}: cannot open the outbox: {exc}") from exc
         reason = None
         try:
             check_integrity(self.path)
@@ -190,39 +141,22 @@ class Outbox:
             self.recovered_from = move_aside(self.path)
             log.error("outbox %s is damaged (%s); kept as %s, starting a fresh one",
                       self.path, reason, self.recovered_from)
-        try:
-            with sqlite3.connect(self.path, isolation_level=None) as db:
-                db.execute("PRAGMA journal_mode=WAL")
-                migrate(db)
-            db.close()
-        except ValueError as exc:
-            raise StorageError(f"{self.path}: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise StorageError(f"{self.path}: cannot open the outbox: {exc}") from exc
+        create_or_migrate(self.path)
         return reason
 
     async def _load(self, db: aiosqlite.Connection) -> None:
-        rows = list(await db.execute_fetchall(
-            "SELECT class, count(*), coalesce(sum(size), 0) FROM events GROUP BY class"))
-        for cls, count, size in rows:
-            self._c.depth[EventClass.by_priority(cls)] = int(count)
-            self._c.bytes[EventClass.by_priority(cls)] = int(size)
+        await self._budget.load(db)
         high = list(await db.execute_fetchall(
             "SELECT seq FROM sqlite_sequence WHERE name='events'"))
         self.committed_seq = int(high[0][0]) if high else 0
-        self._next_seq = max(self.committed_seq + 1, self._lease.reserved + 1
-                             if self.recovered_from is not None else 1)
+        self._stamper.next_seq = max(self.committed_seq + 1, self._lease.reserved + 1
+                                     if self.recovered_from is not None else 1)
         head = list(await db.execute_fetchall(
             "SELECT hash FROM events WHERE class = 0 AND hash IS NOT NULL "
             "ORDER BY seq DESC LIMIT 1"))
         anchor = list(await db.execute_fetchall(
             "SELECT value FROM meta WHERE key='audit_anchor'"))
-        self._audit_head = head[0][0] if head else (anchor[0][0] if anchor else GENESIS)
-        for cls in EventClass:
-            stored = list(await db.execute_fetchall(
-                "SELECT value FROM meta WHERE key=?", (_unreported_key(cls),)))
-            self._c.unreported[cls] = Unreported.from_meta(stored[0][0]) if stored \
-                else Unreported()
+        self._stamper.audit_head = head[0][0] if head else (anchor[0][0] if anchor else GENESIS)
 
     async def close(self) -> None:
         """Commit what is queued, stop the writer, checkpoint and close. Idempotent."""
@@ -277,15 +211,8 @@ class Outbox:
                  future: asyncio.Future[StoredEvent] | None, at: Reading | None = None) -> None:
         if self._writer is None or self._closing:
             raise StorageError(f"{self.path}: the outbox is closed")
-        self._queue.append(self._pending(event_type, fields, event_class, future, at))
+        self._queue.append(self._stamper.pending(event_type, fields, event_class, future, at))
         self._queued.set()
-
-    def _pending(self, event_type: str, fields: dict[str, Any], event_class: EventClass,
-                 future: asyncio.Future[StoredEvent] | None = None,
-                 at: Reading | None = None) -> _Pending:
-        when = self._clock() if at is None else at
-        return _Pending(event_type, fields, event_class, _millis(when.ts), when.quality.value,
-                        future)
 
     # --- the writer ---------------------------------------------------------------------
     def stuck(self, after_s: float = 15.0) -> str | None:
@@ -323,7 +250,7 @@ class Outbox:
             self._progress = time.monotonic()
             while self._queue:
                 batch = self._queue[:MAX_BATCH]
-                stored = [self._stamp(p) for p in batch]
+                stored = [self._stamper.stamp(p) for p in batch]
                 await self._commit(stored)
                 del self._queue[:len(batch)]  # only now: a failure above fails them all
                 for pending, event in zip(batch, stored, strict=True):
@@ -335,16 +262,6 @@ class Outbox:
                 await asyncio.sleep(0)
             await self._maintain()
 
-    def _stamp(self, p: _Pending) -> StoredEvent:
-        """Give a queued event its seq (and its place in the audit chain)."""
-        seq, self._next_seq = self._next_seq, self._next_seq + 1
-        if p.event_class is not EventClass.AUDIT:
-            return _event(p, seq, p.fields)
-        fields = {**p.fields, "prev": self._audit_head}
-        self._audit_head = link_hash(self._audit_head, seq=seq, ts=p.ts, tq=p.tq,
-                                     event_type=p.event_type, fields=fields)
-        return _event(p, seq, fields, digest=self._audit_head)
-
     async def _commit(self, events: list[StoredEvent]) -> None:
         """Write ``events`` (after any held ones) in one transaction, within the budget."""
         batch = [*self._held, *events]
@@ -355,8 +272,10 @@ class Outbox:
                 await asyncio.get_running_loop().run_in_executor(
                     None, self._lease.extend, batch[-1].seq)
             async with self._write_lock:
-                dropped = await self._make_room(batch)
-                await self._insert(batch, dropped)
+                room = await self._budget.make_room(batch)
+                if room.full_alarm is not None:
+                    batch.append(self._alarm("storage.full", room.full_alarm))
+                await self._insert(batch, room.dropped)
         except (sqlite3.Error, OSError) as exc:
             self._hold(events, exc)
             return
@@ -367,17 +286,13 @@ class Outbox:
         async with self._changed:
             self.committed_seq = max(self.committed_seq, batch[-1].seq) if batch else \
                 self.committed_seq
-            for e in batch:
-                self._c.depth[e.event_class] += 1
-                self._c.bytes[e.event_class] += e.size
+            self._budget.add(batch)
             self._changed.notify_all()
 
     async def _insert(self, batch: list[StoredEvent], dropped: set[EventClass]) -> None:
-        rows = []
-        for e in batch:
-            rows.append((e.seq, e.ts, e.tq, e.event_class.priority, e.type, e.body, e.size,
-                         e.digest))
-        meta = [(_unreported_key(c), self._c.unreported[c].to_meta()) for c in dropped]
+        rows = [(e.seq, e.ts, e.tq, e.event_class.priority, e.type, e.body, e.size, e.digest)
+                for e in batch]
+        meta = self._budget.unreported_meta(dropped)
         await self._on_writer(WriterConnection.insert, rows, meta)
 
     def _hold(self, events: list[StoredEvent], exc: Exception) -> None:
@@ -390,94 +305,24 @@ class Outbox:
         self._held.extend(held)
         log.error("outbox cannot write (%s); %d event(s) held in memory", exc, len(self._held))
         if first:
-            self._held.append(self._stamp(self._pending(
-                "storage.fault", {"error": self._fault}, EventClass.ALARM)))
+            self._held.append(self._alarm("storage.fault", {"error": self._fault}))
 
-    async def _make_room(self, batch: list[StoredEvent]) -> set[EventClass]:
-        """Evict oldest telemetry, then state, so the batch fits the byte budget.
-
-        Returns the classes of the incoming events dropped (their drops are to be kept
-        with the batch)."""
-        incoming = sum(e.size for e in batch)
-        evictable_in = sum(e.size for e in batch if not e.event_class.protected)
-        used = self._used_bytes()
-        dropped: set[EventClass] = set()
-        if used + incoming <= self.evictable_limit:
-            self._full_alarm = False
-            return dropped
-        await self._checkpoint()  # the WAL counts: shrink it before evicting anything
-        used = self._used_bytes()
-        over = used + evictable_in - self.evictable_limit
-        for cls in (EventClass.TELEMETRY, EventClass.STATE):
-            if over <= 0:
-                break
-            over -= await self._evict(cls, over)
-        if over > 0:
-            for e in [e for e in batch if not e.event_class.protected][::-1]:
-                if over <= 0:
-                    break  # even the incoming evictable events do not fit: drop the newest
-                batch.remove(e)
-                over -= e.size
-                self._count_drop(e.event_class, [e.seq])
-                dropped.add(e.event_class)
-        if self._used_bytes() + sum(e.size for e in batch) > self.max_bytes \
-                and not self._full_alarm:
-            self._full_alarm = True
-            batch.append(self._stamp(self._pending(
-                "storage.full", {"max_bytes": self.max_bytes, "used_bytes": self._used_bytes()},
-                EventClass.ALARM)))
-        return dropped
-
-    async def _evict(self, cls: EventClass, needed: int) -> int:
-        def unreported(seqs: list[int]) -> str:
-            return self._c.unreported[cls].plus(seqs).to_meta()
-
-        seqs, freed = await self._on_writer(
-            WriterConnection.evict, cls.priority, needed, _unreported_key(cls), unreported)
-        if seqs:
-            self._count_drop(cls, seqs)
-            self._c.depth[cls] -= len(seqs)
-            self._c.bytes[cls] -= freed
-            log.warning("outbox full: evicted %d %s event(s)", len(seqs), cls.value)
-        return freed
-
-    def _count_drop(self, cls: EventClass, seqs: list[int]) -> None:
-        self._c.dropped[cls] += len(seqs)
-        self._c.unreported[cls].add(seqs)
-
-    def _used_bytes(self) -> int:
-        try:
-            wal = os.stat(f"{self.path}-wal").st_size
-        except OSError:
-            wal = 0
-        return sum(self._c.bytes.values()) + wal
-
-    async def _checkpoint(self) -> None:
-        try:
-            await self._on_writer(WriterConnection.checkpoint)
-        except sqlite3.Error as exc:
-            log.warning("outbox checkpoint failed: %s", exc)
-        self._last_checkpoint = time.monotonic()
+    def _alarm(self, event_type: str, fields: dict[str, Any]) -> StoredEvent:
+        """An alarm of the outbox's own, stamped now to go with the batch at hand."""
+        return self._stamper.stamp(self._stamper.pending(event_type, fields, EventClass.ALARM))
 
     async def _maintain(self) -> None:
         """Between batches: report drops (at most once a minute) and checkpoint the WAL."""
         now = time.monotonic()
-        if not self._closing and any(u.count for u in self._c.unreported.values()) and \
-                now - self._last_drop_report >= DROP_REPORT_INTERVAL_S:
-            self._last_drop_report = now
-            report = {c: u for c, u in self._c.unreported.items() if u.count}
-            self._c.unreported = {c: Unreported() for c in EventClass}
-            self._enqueue("outbox.dropped", {
-                "evicted": {c.value: u.count for c, u in report.items()},
-                "seqs": {c.value: [u.first, u.last] for c, u in report.items() if u.first},
-            }, EventClass.ALARM, None)
+        if not self._closing and (report := self._budget.drop_report(now)) is not None:
+            self._enqueue("outbox.dropped", report, EventClass.ALARM, None)
             async with self._write_lock:
                 await self._on_writer(WriterConnection.clear_unreported)
         if self._held and now - self._last_failure >= HELD_RETRY_S:
             await self._commit([])  # storage failed earlier: try the held events again
-        if now - self._last_checkpoint >= CHECKPOINT_INTERVAL_S:
+        if self._budget.checkpoint_due(now):
             async with self._write_lock:
-                await self._checkpoint()
+                await self._budget.checkpoint()
 
     # --- the forwarder's side -----------------------------------------------------------
     async def peek(self, event_class: EventClass, *, after_seq: int = 0, limit: int = 100,
@@ -514,30 +359,28 @@ class Outbox:
             log.info("ack of %d event(s) found %d (the rest evicted meanwhile)", len(acked),
                      len(deleted))
         async with self._changed:
-            for e in acked:
-                if e.seq in deleted:
-                    self._c.depth[e.event_class] -= 1
-                    self._c.bytes[e.event_class] -= e.size
+            self._budget.remove(e for e in acked if e.seq in deleted)
             self._changed.notify_all()
 
     # --- observation --------------------------------------------------------------------
     @property
     def depth(self) -> int:
         """Events committed and waiting for the broker's acknowledgement."""
-        return sum(self._c.depth.values())
+        return sum(self._budget.depth.values())
 
     def class_depth(self, event_class: EventClass) -> int:
-        return self._c.depth[event_class]
+        return self._budget.depth[event_class]
 
     async def stats(self) -> OutboxStats:
         rows = list(await self._conn().execute_fetchall("SELECT min(ts) FROM events"))
         oldest = rows[0][0] if rows and rows[0][0] is not None else None
-        wal = self._used_bytes() - sum(self._c.bytes.values())
+        budget = self._budget
+        wal = budget.used_bytes() - sum(budget.bytes.values())
         return OutboxStats(
-            depth={c.value: n for c, n in self._c.depth.items()},
-            bytes={c.value: n for c, n in self._c.bytes.items()},
+            depth={c.value: n for c, n in budget.depth.items()},
+            bytes={c.value: n for c, n in budget.bytes.items()},
             oldest_ts=oldest, wal_bytes=wal,
-            dropped={c.value: n for c, n in self._c.dropped.items()},
+            dropped={c.value: n for c, n in budget.dropped.items()},
             held_in_memory=len(self._held), fault=self._fault,
         )
 

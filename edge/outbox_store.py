@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edge.errors import StorageError
+
 T = TypeVar("T")
 
 SCHEMA_VERSION = 3
@@ -103,6 +105,25 @@ def migrate(db: sqlite3.Connection) -> int:
         script = "ALTER TABLE events ADD COLUMN tq TEXT NOT NULL DEFAULT 'untrusted';"
     db.executescript(f"BEGIN IMMEDIATE; {script} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
     return found
+
+
+def create_or_migrate(path: Path) -> None:
+    """Create ``path`` (and its directory) with the schema, in WAL mode, or :func:`migrate` it.
+
+    Raises :class:`StorageError` if the file cannot be used or its schema is too new."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot open the outbox: {exc}") from exc
+    try:
+        with sqlite3.connect(path, isolation_level=None) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            migrate(db)
+        db.close()
+    except ValueError as exc:
+        raise StorageError(f"{path}: {exc}") from exc
+    except sqlite3.Error as exc:
+        raise StorageError(f"{path}: cannot open the outbox: {exc}") from exc
 
 
 @dataclass

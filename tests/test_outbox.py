@@ -146,7 +146,7 @@ async def test_the_drop_report_names_the_seqs_evicted_and_survives_a_restart(
 ) -> None:
     path = tmp_path / "o.db"
     async with Outbox(path, max_bytes=100_000) as outbox:
-        outbox._last_drop_report = float("inf")  # hold the report back: a crash comes first
+        outbox._budget.last_drop_report = float("inf")  # hold the report back: a crash comes first
         telemetry = [await outbox.append("sensor.minute", {"n": i, "pad": "x" * 400},
                                          event_class=EventClass.TELEMETRY) for i in range(400)]
         kept = {e.seq for e in await outbox.peek(EventClass.TELEMETRY, limit=10_000,
@@ -168,11 +168,11 @@ async def test_drops_not_yet_reported_at_close_are_reported_at_the_next_start(
 ) -> None:
     path = tmp_path / "o.db"
     async with Outbox(path, max_bytes=100_000) as outbox:
-        outbox._last_drop_report = float("inf")
+        outbox._budget.last_drop_report = float("inf")
         for i in range(300):
             await outbox.append("sensor.minute", {"n": i, "pad": "x" * 400},
                                 event_class=EventClass.TELEMETRY)
-        outbox._last_drop_report = 0.0  # due now: closing must not try to queue it
+        outbox._budget.last_drop_report = 0.0  # due now: closing must not try to queue it
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
     assert rows(path, "SELECT key FROM meta WHERE key LIKE 'unreported%'") == [
         ("unreported_drops_telemetry",)]
