@@ -93,6 +93,8 @@ class SimDevices:
             floor.write_text(f"{time.time() - 60:.3f}\n", encoding="ascii")
         reader = self._reader = self._stack.enter_context(PtyBadgeReader())
         hardware, pin_factory = self._locks(config)
+        if isinstance(self.world, McuDoors):
+            await self.world.settled()  # the agent's first read must find the doors closed
         return config.model_copy(update={
             "trust": trust, "reader": config.reader.model_copy(update={"url": reader.path}),
             "sensors": self._sensors(config), "batteries": self._batteries(config),

@@ -41,7 +41,12 @@ class Air:
 
 @dataclass
 class McuDoors:
-    """Door physics on the microcontroller emulator's inputs (1 = door open, as wired)."""
+    """Door physics on the microcontroller emulator's inputs.
+
+    Levels are the bridge protocol's (docs/firmware-bridge.md): 1 is *active*, a door
+    closed. Every door starts closed; :meth:`settled` waits until the firmware's debounce
+    reports them so.
+    """
 
     mcu: McuEmulator
     outputs: dict[int, str]  # output channel -> compartment
@@ -53,6 +58,15 @@ class McuDoors:
 
     def __post_init__(self) -> None:
         self.mcu.on_output = self._coil
+        for compartment in self.inputs:
+            self.close_door(compartment)
+
+    async def settled(self, timeout_s: float = 2.0) -> None:
+        """Return once the firmware reports every door as it physically is (debounced)."""
+        async with asyncio.timeout(timeout_s):
+            while any(self.mcu.input(i) != self.mcu.physical(i)  # noqa: ASYNC110  # no event
+                      for i in self.inputs.values()):
+                await asyncio.sleep(0.005)
 
     def _coil(self, channel: int, energised: bool) -> None:
         compartment = self.outputs.get(channel)
@@ -68,10 +82,10 @@ class McuDoors:
             task.add_done_callback(self._tasks.discard)
 
     def open_door(self, compartment: str) -> None:
-        self.mcu.set_input(self.inputs[compartment], True)
+        self.mcu.set_input(self.inputs[compartment], False)
 
     def close_door(self, compartment: str) -> None:
-        self.mcu.set_input(self.inputs[compartment], False)
+        self.mcu.set_input(self.inputs[compartment], True)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

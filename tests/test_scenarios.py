@@ -52,6 +52,22 @@ async def test_every_built_in_scenario_passes_and_the_broker_has_every_event(
         assert all(chain.ok for chain in platform.audit_chain().values())
 
 
+@pytest.mark.parametrize("site_file", ["elm-street.toml", "oak-road.toml"])
+async def test_every_door_starts_closed_and_reads_as_the_world_moves_it(
+        site_file: str, tmp_path: Path) -> None:
+    """The world and the agent agree on what a closed door is, on GPIO and behind the
+    bridge (whose levels are semantic: 1 = closed, docs/firmware-bridge.md)."""
+    async with SimSite(load_config(SITES / site_file), tmp_path / "site",
+                       offline=True) as site:
+        assert set((await site.snapshot())["doors"].values()) == {"closed"}
+        assert not [e for e in site.events if e.type.startswith("door.")]
+        site.open_door("A1")  # nobody badged: forced
+        await site.until(lambda events: any(e.type == "door.forced_open" for e in events), 5)
+        site.close_door("A1")
+        await site.until(lambda events: any(e.type == "door.closed" for e in events), 5)
+        assert (await site.snapshot())["doors"]["A1"] == "closed"
+
+
 async def test_the_offline_scenario_queues_every_event(tmp_path: Path) -> None:
     async with SimSite(load_config(SITES / "elm-street.toml"), tmp_path / "site",
                        offline=True) as site:
