@@ -227,7 +227,7 @@ class Run:
             return
         from rich.console import Console  # noqa: PLC0415  # optional: the sim extra
 
-        from simulators.live_view import LiveModel, LiveView  # noqa: PLC0415
+        from simulators.live_view import LiveModel, LiveView  # noqa: PLC0415  # needs rich
 
         console = Console(file=self.out, force_terminal=mode == "live")
 
@@ -292,7 +292,7 @@ class Run:
             for text in PROMPT_HELP.splitlines():
                 self.line(text)
         elif command == "status":
-            from simulators.live_view import LiveModel, plain_summary  # noqa: PLC0415
+            from simulators.live_view import LiveModel, plain_summary  # noqa: PLC0415  # needs rich
 
             agent = site.running_agent
             self.line(plain_summary(LiveModel(

@@ -15,6 +15,7 @@ from provisioning.denylist import DenylistVerifier
 from provisioning.issuer import Issuer, init_issuer
 from provisioning.keys import public_key_from_b64
 from provisioning.trust import TrustBundleVerifier
+from simulators.site import write_site
 
 
 def signed(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -106,8 +107,6 @@ def test_issuer_init_prints_the_section_for_its_role(
 
 def test_provision_install_trust_installs_newer_and_refuses_older(
         tmp_path: Path, keys: dict[str, Issuer], capsys: pytest.CaptureFixture[str]) -> None:
-    from simulators.site import write_site  # noqa: PLC0415
-
     site = write_site(tmp_path / "site", broker_port=1883, reader_url="loop://")
     root = keys["root"]
     with site.config_path.open("a", encoding="utf-8") as fh:

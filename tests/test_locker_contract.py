@@ -12,6 +12,7 @@ from typing import Protocol
 import pytest
 from gpiozero.pins.mock import MockFactory
 
+from edge.bridge_backend import BridgeBackend
 from edge.compartment import Emit
 from edge.config import BridgeHardware, CompartmentConfig
 from edge.gpio_backend import GpioBackend
@@ -224,7 +225,5 @@ def test_the_contract_covers_every_backend() -> None:
 
 
 def _backend_name() -> str:
-    from edge.bridge_backend import BridgeBackend  # noqa: PLC0415
-
     return BridgeBackend.name
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from edge.access import AccessPolicy
 from edge.calibration import CalibrationHistory
+from edge.cli import main
 from edge.clock import Reading, TimeQuality
 from edge.config import CompartmentConfig, SensorConfig
 from edge.device_key import DeviceKey
@@ -24,6 +26,7 @@ from provisioning.errors import TokenRejected
 from provisioning.issuer import Issuer
 from provisioning.records import RecordVerifier
 from simulators.air_sensors import Pms5003Sim, Sds011Sim
+from tests.test_agent import running
 
 NOW = 1_800_000_000.0
 
@@ -146,8 +149,6 @@ async def test_health_stuck_stale_and_checksum_errors(pms: Pms5003Sim, tmp_path:
 
 @pytest.fixture
 def maintainer_badge(issuer: Issuer) -> str:
-    import time  # noqa: PLC0415
-
     return issue_badge(issuer.key, kid=issuer.kid, issuer=issuer.name, member="mia",
                        site="elm-street", now=int(time.time()), lifetime_s=3600,
                        permissions=("calibrate:pm-1",))
@@ -155,8 +156,6 @@ def maintainer_badge(issuer: Issuer) -> str:
 
 async def test_a_maintainer_calibrates_and_the_record_verifies(
         pms: Pms5003Sim, tmp_path: Path, issuer: Issuer, maintainer_badge: str) -> None:
-    import time  # noqa: PLC0415
-
     events = Events()
     clock = Clock()
     clock.ts = time.time()
@@ -207,8 +206,6 @@ async def test_a_maintainer_calibrates_and_the_record_verifies(
 async def test_curbside_status_and_calibrate_against_the_running_agent(
         tmp_path: Path, offline_site: Any, reader: Any) -> None:
     """The maintainer's path on site: the CLI, the control socket, the agent, the record."""
-    from edge.cli import main  # noqa: PLC0415
-    from tests.test_agent import running  # noqa: PLC0415
 
     site = offline_site
     with Pms5003Sim(environment=flat(12.0), seed=5) as sim:

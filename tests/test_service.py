@@ -19,6 +19,7 @@ from edge.events import EventClass
 from simulators.badge_reader import PtyBadgeReader
 from simulators.gpio_world import LockerWorld, world_pin_factory
 from simulators.site import DOORS, VirtualSite
+from tests.test_agent import has, running
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "curbside.service"
 
@@ -125,8 +126,6 @@ def test_the_units_exposure_score_is_at_most_2_5(tmp_path: Path) -> None:
 
 async def test_reload_applies_the_policy_live_and_names_what_needs_a_restart(
         offline_site: VirtualSite, reader: PtyBadgeReader) -> None:
-    from tests.test_agent import has, running  # noqa: PLC0415
-
     site = offline_site
     text = site.config_path.read_text(encoding="utf-8")
     async with running(site) as h:

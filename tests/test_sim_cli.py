@@ -3,6 +3,7 @@ plain mode, and the prompt driven line by line."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -70,8 +71,6 @@ async def test_the_prompt_runs_steps_shows_errors_and_keeps_going(tmp_path: Path
               view="off", own_broker=True)
     async with SimSite(load_config(SITES / "elm-street.toml"), tmp_path / "run",
                        observer=run.event) as site:
-        import asyncio  # noqa: PLC0415
-
         player = Player(site, say=run.line)
         code = await run.prompt(player, lines(
             "help", "wait link up", "badge A1 ada group=hand-tools",
